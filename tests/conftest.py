@@ -1,0 +1,55 @@
+"""Test isolation: no network, no colour, wide deterministic rich output, caches in a temp folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REALDATA = REPO.parent / "shared" / "realdata"
+
+
+@pytest.fixture(autouse=True)
+def _isolate(monkeypatch, tmp_path_factory):
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("TERM", "dumb")
+    monkeypatch.setenv("BIOCLIP_QUIET", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(cache / "hf"))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    yield
+
+
+def bioclip_exe() -> str:
+    """The installed `bioclip` console script (the one beside this Python)."""
+    exe = Path(sys.executable).with_name("bioclip")
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("bioclip")
+    if not found:
+        pytest.fail("the `bioclip` console script is not installed; run `pip install -e .[test]`")
+    return found
+
+
+def run_cli(*args: str, cwd: str | Path | None = None, env: dict | None = None, timeout: float = 600):
+    """Run the installed `bioclip` script in a subprocess; returns CompletedProcess (text)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(
+        [bioclip_exe(), *args], capture_output=True, text=True, cwd=cwd, env=full_env, timeout=timeout
+    )
+
+
+@pytest.fixture
+def realdata() -> Path:
+    if not REALDATA.is_dir():
+        pytest.skip("../shared/realdata is not beside this checkout")
+    return REALDATA
