@@ -43,7 +43,7 @@ class Bar:
             return
         self._progress.advance(self._task, n)
         speed = self._progress._tasks[self._task].speed
-        if speed:
+        if speed and self._unit != "B":  # byte bars show size and speed with rich's own columns
             self._progress.update(self._task, rate=f"{speed:,.1f} {self._unit}/s")
 
     def update(self, **fields) -> None:
@@ -57,25 +57,28 @@ class Bar:
 
 @contextmanager
 def progress_bar(total: float | None, description: str, unit: str = "it", transient: bool = False) -> Iterator[Bar]:
-    """A context manager yielding a :class:`Bar` with count, rate and ETA."""
+    """A context manager yielding a :class:`Bar` with count, rate and ETA (`unit="B"`: sizes and bytes/s)."""
     if _quiet:
         yield Bar()
         return
     from rich.console import Console
     from rich.progress import (
         BarColumn,
+        DownloadColumn,
         MofNCompleteColumn,
         Progress,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
+        TransferSpeedColumn,
     )
 
+    byte_bar = unit == "B"
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("[cyan]{task.fields[rate]}"),
+        DownloadColumn() if byte_bar else MofNCompleteColumn(),
+        TransferSpeedColumn() if byte_bar else TextColumn("[cyan]{task.fields[rate]}"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),

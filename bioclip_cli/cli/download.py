@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from bioclip_cli.cli.options import PresetOpt, examples
-from bioclip_cli.errors import NotAvailableYet
+from bioclip_cli.errors import BioclipError
 
 EXAMPLES = examples(
     "bioclip download 5m --dry-run",
@@ -25,10 +25,13 @@ def command(
         str, typer.Option("--what", help="For 5m/1m: hdf5 (pre-built), raw (metadata + images), metadata, partition.")
     ] = "hdf5",
     preset: PresetOpt = None,
-    root: Annotated[Path, typer.Option("--root", help="Put everything under this folder.")] = Path("."),
+    root: Annotated[
+        Path, typer.Option("--root", help="Put everything under this folder (encoders go to the Hugging Face cache).")
+    ] = Path("."),
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be fetched; write nothing.")] = False,
     mirror: Annotated[
-        str | None, typer.Option("--mirror", help="Fetch the same paths from this base URL instead.", show_default=False)
+        str | None,
+        typer.Option("--mirror", help="Fetch the same paths from this base URL instead.", show_default=False),
     ] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Files downloaded in parallel.")] = 2,
 ) -> None:
@@ -37,4 +40,39 @@ def command(
     Every file is fetched to `<dest>.part` with HTTP range resume, checked against its published
     size and checksum, and only then renamed into place; re-running skips verified files.
     """
-    raise NotAvailableYet("bioclip download (verified, resumable downloads)")
+    from bioclip_cli.cli.output import hint, info, print_table, success
+    from bioclip_cli.workflows.download import download, next_command, plan_downloads, raise_failures
+
+    if jobs < 1:
+        raise BioclipError(f"--jobs must be at least 1, got {jobs}")
+    plan = plan_downloads(target, what, preset, root, mirror)
+    if not plan:
+        info(f"preset {preset} needs nothing from `{target}`; nothing to do")
+        return
+    results = download(plan, jobs=jobs, dry_run=dry_run)
+    title = "bioclip download --dry-run: nothing was written" if dry_run else f"bioclip download {target}"
+    print_table([r.row() for r in results], title=title, fold=True)
+    for pf in plan:
+        if pf.artifact.note:
+            info(f"note: {pf.name}: {pf.artifact.note}")
+    if dry_run:
+        hint(f"bioclip download {' '.join(_args(target, what, preset, root, mirror))}")
+        return
+    raise_failures(results)
+    success(f"{len(results)} file(s) in place under {root}")
+    follow_up = next_command(target, what, root, results)
+    if follow_up:
+        hint(follow_up)
+
+
+def _args(target: str, what: str, preset: str | None, root: Path, mirror: str | None) -> list[str]:
+    """The same command without --dry-run, to copy."""
+    args = [target]
+    if target in ("5m", "1m") and what != "hdf5":
+        args += ["--what", what]
+    for flag, value in (("--preset", preset), ("--mirror", mirror)):
+        if value:
+            args += [flag, value]
+    if root != Path("."):
+        args += ["--root", str(root)]
+    return args

@@ -30,8 +30,13 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def print_table(rows: Sequence[dict], title: str | None = None, columns: Sequence[str] | None = None) -> None:
-    """Print rows as a table; `columns` picks and orders the keys (default: keys of the first row)."""
+def print_table(
+    rows: Sequence[dict], title: str | None = None, columns: Sequence[str] | None = None, fold: bool = False
+) -> None:
+    """Print rows as a table; `columns` picks and orders the keys (default: keys of the first row).
+
+    `fold=True` wraps long values (URLs, paths) onto more lines instead of cutting them with an ellipsis.
+    """
     if not rows:
         err.print(f"[yellow]{title or 'table'}: nothing to show[/yellow]")
         return
@@ -39,7 +44,7 @@ def print_table(rows: Sequence[dict], title: str | None = None, columns: Sequenc
     table = Table(title=title, show_lines=False, header_style="bold")
     for col in columns:
         numeric = all(isinstance(r.get(col), (int, float)) or r.get(col) is None for r in rows)
-        table.add_column(str(col), justify="right" if numeric else "left")
+        table.add_column(str(col), justify="right" if numeric else "left", overflow="fold" if fold else "ellipsis")
     for row in rows:
         table.add_row(*(_fmt(row.get(col)) for col in columns))
     console.print(table)
