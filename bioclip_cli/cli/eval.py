@@ -3,31 +3,103 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from bioclip_cli.cli.options import CsvOpt, JsonOpt, RunOpt, SplitOpt, examples
-from bioclip_cli.errors import NotAvailableYet
 
 EXAMPLES = examples(
     "bioclip eval --run runs/idt-5m --query image --key dna",
     "bioclip eval --embeddings extracted_feature_from_val_split.hdf5 --labels labels_val.json --json results.json",
     "bioclip eval --run runs/demo --k 1,5 --levels genus,species --csv results.csv",
+    "bioclip eval --run runs/idt-5m --per-class per_class.csv",
 )
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    from bioclip_cli.errors import BioclipError
+
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise BioclipError(f"{flag} {text!r} is not a comma-separated list of positive integers", f"e.g. {flag} 1,3,5")
+    return values
 
 
 def command(
     run: RunOpt = None,
-    embeddings: Annotated[Path | None, typer.Option("--embeddings", help="extracted_feature_from_*_split.hdf5", show_default=False)] = None,
-    labels: Annotated[Path | None, typer.Option("--labels", help="labels_*.json beside the embeddings.", show_default=False)] = None,
+    embeddings: Annotated[
+        Path | None, typer.Option("--embeddings", help="extracted_feature_from_*_split.hdf5", show_default=False)
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option("--labels", help="labels_*.json beside the embeddings.", show_default=False)
+    ] = None,
     split: SplitOpt = "val",
-    query: Annotated[list[str] | None, typer.Option("--query", help="Query feature(s): image, dna, text, avg, concat.", show_default=False)] = None,
-    key: Annotated[list[str] | None, typer.Option("--key", help="Key feature(s): image, dna, text, avg, concat, all.", show_default=False)] = None,
+    query: Annotated[
+        list[str] | None,
+        typer.Option("--query", help="Query feature(s): image, dna, text, avg, concat.", show_default=False),
+    ] = None,
+    key: Annotated[
+        list[str] | None,
+        typer.Option("--key", help="Key feature(s): image, dna, text, avg, concat, all.", show_default=False),
+    ] = None,
     k: Annotated[str, typer.Option("--k", help="Comma-separated k of top-k.")] = "1,3,5",
-    levels: Annotated[str, typer.Option("--levels", help="Comma-separated taxonomic levels.")] = "order,family,genus,species",
+    levels: Annotated[
+        str, typer.Option("--levels", help="Comma-separated taxonomic levels.")
+    ] = "order,family,genus,species",
     json_out: JsonOpt = None,
     csv_out: CsvOpt = None,
+    per_class: Annotated[
+        Path | None,
+        typer.Option("--per-class", help="Also write per-class accuracy and counts as CSV.", show_default=False),
+    ] = None,
+    index: Annotated[
+        Literal["flat", "ivf"],
+        typer.Option("--index", help="flat: exact search (the paper's); ivf: approximate, reports its recall@k."),
+    ] = "flat",
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device", help="Search on: auto (faiss-gpu, else torch on CUDA, else faiss CPU), cpu, cuda, cuda:N, mps."
+        ),
+    ] = "auto",
 ) -> None:
     """Micro and macro top-k accuracy per level, seen and unseen, and their harmonic mean."""
-    raise NotAvailableYet("bioclip eval (retrieval metrics)")
+    from bioclip_cli.cli import output
+    from bioclip_cli.workflows.evaluate import evaluate_run, result_rows, run_results_path
+
+    ks = _int_list(k, "--k")
+    level_list = [part.strip() for part in levels.split(",") if part.strip()]
+    result = evaluate_run(
+        run, embeddings, labels, split=split, queries=query, keys=key, ks=ks, levels=level_list,
+        index=index, device=device, per_class=per_class is not None,
+    )  # fmt: skip
+
+    shown = [
+        {c.replace(" ", "\n"): f"{v:5.1f}" if isinstance(v, float) else v for c, v in row.items()}
+        for row in result_rows(result, percent=True)
+    ]
+    n = result["n_queries"]
+    source = run if run is not None else embeddings
+    output.print_table(
+        shown,
+        title=f"Top-k accuracy (%) — {source}: {n['seen']} seen, {n['unseen']} unseen queries, {result['n_keys']} keys",
+    )
+    for note in result.get("notes", []):
+        output.warning(note)
+    if "search" in result:
+        s = result["search"]
+        worst = min(s["recall_at_k"].values())
+        output.info(f"ivf index: {s['nlist']} lists, nprobe {s['nprobe']}; recall@{result['k'][-1]} vs exact "
+                    f"on {s['recall_sample']} queries: lowest {worst:.3f} over the pairs (see --json)")  # fmt: skip
+    if json_out:
+        output.write_json(json_out, {c: v for c, v in result.items() if c != "per_class"})
+    if csv_out:
+        output.write_csv(csv_out, result_rows(result))
+    if per_class is not None:
+        output.write_csv(per_class, result["per_class"])
+    if run is not None:
+        output.success(f"saved {run_results_path(run, split)}")
