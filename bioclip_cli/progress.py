@@ -13,17 +13,19 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-_quiet = os.environ.get("BIOCLIP_QUIET", "") not in ("", "0")
+_quiet: bool | None = None  # None: follow the BIOCLIP_QUIET environment variable
 
 
-def set_quiet(quiet: bool) -> None:
-    """Turn every progress bar of this process off (True) or on (False)."""
+def set_quiet(quiet: bool | None) -> None:
+    """Turn every progress bar of this process off (True) or on (False); None: follow BIOCLIP_QUIET."""
     global _quiet
     _quiet = quiet
 
 
 def is_quiet() -> bool:
-    return _quiet
+    if _quiet is not None:
+        return _quiet
+    return os.environ.get("BIOCLIP_QUIET", "") not in ("", "0")
 
 
 class Bar:
@@ -58,7 +60,7 @@ class Bar:
 @contextmanager
 def progress_bar(total: float | None, description: str, unit: str = "it", transient: bool = False) -> Iterator[Bar]:
     """A context manager yielding a :class:`Bar` with count, rate and ETA (`unit="B"`: sizes and bytes/s)."""
-    if _quiet:
+    if is_quiet():
         yield Bar()
         return
     from rich.console import Console
