@@ -53,3 +53,21 @@ def realdata() -> Path:
     if not REALDATA.is_dir():
         pytest.skip("../shared/realdata is not beside this checkout")
     return REALDATA
+
+
+@pytest.fixture(scope="session")
+def sample_h5(tmp_path_factory) -> Path:
+    """The bundled sample built once per session into the published HDF5 layout (with language tokens
+    from the `bioclip-sample` vocabulary). Shared by many tests: read it, never modify it."""
+    from bioclip_cli.data.sample import SAMPLE_TOKENIZER, sample_root
+    from bioclip_cli.progress import is_quiet, set_quiet
+    from bioclip_cli.workflows.build_hdf5 import build_5m
+
+    out = tmp_path_factory.mktemp("sample") / "BIOSCAN_5M_sample.hdf5"
+    quiet = is_quiet()
+    set_quiet(True)
+    try:
+        build_5m(sample_root(), out, text_tokenizer=SAMPLE_TOKENIZER, workers=2)
+    finally:
+        set_quiet(quiet)
+    return out

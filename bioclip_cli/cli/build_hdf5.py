@@ -8,11 +8,11 @@ from typing import Annotated
 import typer
 
 from bioclip_cli.cli.options import examples
-from bioclip_cli.errors import NotAvailableYet
 
 EXAMPLES = examples(
     "bioclip build-hdf5 5m --root data/ --out data/BIOSCAN_5M/BIOSCAN_5M.hdf5",
     "bioclip build-hdf5 5m --root data/ --out eval_only.hdf5 --splits val,val_unseen,key_unseen,train",
+    "bioclip build-hdf5 5m --root data/ --out data/BIOSCAN_5M/BIOSCAN_5M.hdf5 --text-tokenizer prajjwal1/bert-small",
     "bioclip build-hdf5 1m --root data/BIOSCAN_1M --out data/BIOSCAN_1M/split_data/BioScan_data_in_splits.hdf5",
 )
 NO_ARGS_IS_HELP = True
@@ -23,11 +23,78 @@ def command(
     root: Annotated[Path, typer.Option("--root", help="Folder holding the raw release (metadata + images).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The HDF5 file to write.")],
     splits: Annotated[
-        str | None, typer.Option("--splits", help="Comma-separated metadata splits to include (default: all).")
+        str | None,
+        typer.Option(
+            "--splits",
+            help="Comma-separated metadata splits to include (5m: pretrain,train,val,test,key_unseen,val_unseen,"
+            "test_unseen,other_heldout; 1m: group names). A group is written when all its splits are included.",
+        ),
+    ] = None,
+    image_package: Annotated[
+        str, typer.Option("--image-package", help="Image package folder: cropped_256, original_256, ...")
+    ] = "cropped_256",
+    text_tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            "--text-tokenizer",
+            help="Store language_tokens_* made with this tokenizer (hub id, folder, or bioclip-sample).",
+            show_default=False,
+        ),
+    ] = None,
+    reencode_quality: Annotated[
+        int | None,
+        typer.Option(
+            "--reencode-quality",
+            help="Re-encode every image as JPEG of this quality (the upstream generator did); default: original bytes.",
+            show_default=False,
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+    on_bad_image: Annotated[
+        str, typer.Option("--on-bad-image", help="skip (list it in the report) or fail at the first bad image.")
+    ] = "skip",
+    check_images: Annotated[
+        str, typer.Option("--check-images", help="markers (fast: start/end markers) or decode (full decode).")
+    ] = "markers",
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Threads reading and checking images (default: CPUs, at most 8).")
+    ] = None,
+    partition: Annotated[
+        Path | None,
+        typer.Option("--partition", help="1m only: folder of <group>.txt sampleid lists.", show_default=False),
     ] = None,
 ) -> None:
     """Build the training HDF5 (published group layout) from the raw release.
 
     JPEG bytes are stored unchanged; bad rows are counted and listed in `<out>.report.json`.
+    The file is written to `<out>.partial` and renamed when complete.
     """
-    raise NotAvailableYet("bioclip build-hdf5 (raw release -> HDF5)")
+    from bioclip_cli.cli import output
+    from bioclip_cli.errors import BioclipError
+    from bioclip_cli.workflows.build_hdf5 import build_1m, build_5m
+
+    if dataset not in ("5m", "1m"):
+        raise BioclipError(
+            f"unknown release {dataset!r}; choose 5m or 1m", "bioclip build-hdf5 5m --root data/ --out F"
+        )
+    split_list = [s.strip() for s in splits.split(",") if s.strip()] if splits else None
+    common = dict(
+        image_package=image_package,
+        text_tokenizer=text_tokenizer,
+        reencode_quality=reencode_quality,
+        overwrite=overwrite,
+        on_bad_image=on_bad_image,
+        check_images=check_images,
+        workers=workers,
+    )
+    if dataset == "5m":
+        report = build_5m(root, out, split_list, **common)
+    else:
+        report = build_1m(root, out, split_list, partition=partition, **common)
+    output.print_table(report.group_rows(), title=f"{out} ({report.rows_written} specimens)")
+    if report.problems:
+        output.print_table(report.problem_rows(), title="bad input (ids in the report)")
+    output.success(
+        f"wrote {out} in {report.seconds:.1f} s ({report.rows_per_second:,.0f} rows/s); report: {report.report_path}"
+    )
+    output.hint(f"bioclip inspect {out}")

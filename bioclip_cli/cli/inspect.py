@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from bioclip_cli.cli.options import JsonOpt, examples
-from bioclip_cli.errors import NotAvailableYet
 
 EXAMPLES = examples(
     "bioclip inspect data/BIOSCAN_5M/BIOSCAN_5M.hdf5",
@@ -16,10 +15,37 @@ EXAMPLES = examples(
 )
 NO_ARGS_IS_HELP = True
 
+_DATASET_COLUMNS = (
+    "group",
+    "rows",
+    "species",
+    "genera",
+    "jpeg_min",
+    "jpeg_mean",
+    "jpeg_max",
+    "barcode_min",
+    "barcode_median",
+    "barcode_max",
+    "language_tokens",
+)
+_EMBEDDING_COLUMNS = ("group", "dataset", "shape", "dtype", "norm_min", "norm_mean", "norm_max", "nan")
+
 
 def command(
     file: Annotated[Path, typer.Argument(help="A dataset HDF5 or an extracted-embedding HDF5.")],
     json_out: JsonOpt = None,
 ) -> None:
     """Groups, row counts, species/genus counts, JPEG and barcode stats, seen/unseen checks; or embedding shapes and norms."""
-    raise NotAvailableYet("bioclip inspect (HDF5 summary)")
+    from bioclip_cli.cli import output
+    from bioclip_cli.workflows.inspect import inspect_file
+
+    summary = inspect_file(file)
+    columns = _DATASET_COLUMNS if summary["kind"] == "dataset" else _EMBEDDING_COLUMNS
+    output.print_table(summary["groups"], title=f"{file} ({summary['kind']})", columns=columns)
+    if summary["checks"]:
+        output.print_table(summary["checks"], title="checks", columns=("check", "where", "status", "detail"))
+    for message in summary["warnings"]:
+        output.warning(message)
+    if json_out:
+        output.write_json(json_out, summary)
+        output.info(f"wrote {json_out}")

@@ -13,11 +13,15 @@ PresetOpt = Annotated[
 ]
 ConfigOpt = Annotated[
     list[Path] | None,
-    typer.Option("--config", "-c", help="YAML file merged over the preset (repeatable; later files win).", show_default=False),
+    typer.Option(
+        "--config", "-c", help="YAML file merged over the preset (repeatable; later files win).", show_default=False
+    ),
 ]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", help="Override one key, e.g. --set train.batch_size=64 (repeatable).", show_default=False),
+    typer.Option(
+        "--set", "-s", help="Override one key, e.g. --set train.batch_size=64 (repeatable).", show_default=False
+    ),
 ]
 RunOpt = Annotated[
     Path | None,
@@ -46,9 +50,13 @@ CsvOpt = Annotated[
 OutDirOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output directory.", show_default=False)]
 DeviceOpt = Annotated[
     str | None,
-    typer.Option("--device", help="torch device (cpu, cuda, cuda:1, mps); default: the best available.", show_default=False),
+    typer.Option(
+        "--device", help="torch device (cpu, cuda, cuda:1, mps); default: the best available.", show_default=False
+    ),
 ]
-BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Batch size (overrides the preset).", show_default=False)]
+BatchSizeOpt = Annotated[
+    int | None, typer.Option("--batch-size", help="Batch size (overrides the preset).", show_default=False)
+]
 
 
 def examples(*lines: str) -> str:

@@ -1,0 +1,200 @@
+"""torch Datasets over one group of a BIOSCAN HDF5, and the collate that batches them.
+
+An item is a dict with only the modalities asked for: ``index`` (the row, which is also the training
+label: only the paired sample is a positive), ``image`` [3, H, W], ``dna``/``dna_mask`` [T],
+``text``/``text_mask``/``text_type`` [L]. :func:`collate` stacks items into exactly those keys.
+
+- :class:`TrainDataset`: the training augmentation, deterministic per item: the seed of row `i` in epoch
+  `e` is derived from (seed, e, i), so a run gives the same batches with any number of workers.
+  Call :meth:`TrainDataset.set_epoch` before each epoch (with non-persistent workers).
+- :class:`EvalDataset`: the compat evaluation transform; ``.labels`` (taxonomy per row) and
+  ``.sample_ids`` for the embedding files.
+
+Text comes from the stored ``language_tokens_*`` when ``data.text.use_stored_tokens`` and the file has
+them with the configured length (compat); otherwise the taxonomy strings are tokenised with
+``model.text.tokenizer``, once per distinct string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bioclip_cli.config.schema import MODALITIES, RunConfig
+from bioclip_cli.data.dna import kmer_tokenize
+from bioclip_cli.data.hdf5 import TOKEN_PREFIX, BioscanH5
+from bioclip_cli.data.images import EvalTransform, TrainTransform
+from bioclip_cli.data.taxonomy import LEVELS, load_text_tokenizer, taxonomy_strings, tokenize_taxonomy
+from bioclip_cli.errors import DataError
+
+_MASK64 = (1 << 64) - 1
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 63-bit seed for one item (splitmix64 over seed, epoch and index)."""
+    x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (x ^ (x >> 31)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class _GroupDataset(torch.utils.data.Dataset):
+    train = False
+
+    def __init__(
+        self,
+        h5_path: str | Path,
+        group: str,
+        cfg: RunConfig,
+        modalities: Sequence[str] | None = None,
+    ):
+        self.cfg = cfg
+        self.modalities = tuple(modalities if modalities is not None else cfg.model.modalities)
+        bad = [m for m in self.modalities if m not in MODALITIES]
+        if bad:
+            raise ValueError(f"unknown modalities {bad}; expected some of {MODALITIES}")
+        self.h5 = BioscanH5(h5_path)
+        self.reader = self.h5.group(group)
+        self.group = group
+        needs = {"image": ("image", "image_mask"), "dna": ("barcode",), "text": ()}
+        for modality in self.modalities:
+            for name in needs[modality]:
+                self.reader.dataset(name)  # DataError naming file, group and what exists
+        self.transform = (TrainTransform if self.train else EvalTransform)(cfg.data.image)
+        self._text_codes: np.ndarray | None = None
+        self._text_tokens: dict[str, np.ndarray] | None = None
+        self.stored_text = False
+        if "text" in self.modalities:
+            self._prepare_text()
+
+    def _prepare_text(self) -> None:
+        max_len = self.cfg.data.text.max_len
+        reader = self.reader
+        if (
+            self.cfg.data.text.use_stored_tokens
+            and reader.has_language_tokens()
+            and reader.dataset(TOKEN_PREFIX + "input_ids").shape[1] == max_len
+        ):
+            self.stored_text = True
+            return
+        for level in LEVELS:
+            reader.dataset(level)
+        tax = reader.taxonomy()
+        text = taxonomy_strings(*(tax[level] for level in LEVELS))
+        unique, codes = np.unique(text.astype(str), return_inverse=True)
+        tokenizer = load_text_tokenizer(self.cfg.model.text.tokenizer)
+        self._text_codes = codes.astype(np.int64).ravel()
+        self._text_tokens = tokenize_taxonomy(tokenizer, list(unique), max_len)
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def _image(self, index: int, item_rng) -> torch.Tensor:
+        data = self.reader.image_bytes(index)
+        try:
+            if not data:
+                raise ValueError("no image bytes")
+            return self.transform(data, item_rng) if self.train else self.transform(data)
+        except (OSError, ValueError) as exc:  # PIL.UnidentifiedImageError is an OSError
+            raise DataError(
+                self.h5.path,
+                f"{self.h5.path}: group {self.group!r} row {index} has an unreadable image ({exc})",
+                "rebuild the file with `bioclip build-hdf5` (bad images are skipped and listed)",
+            ) from exc
+
+    def _item(self, index: int, item_rng=None) -> dict:
+        item: dict = {"index": index}
+        if "image" in self.modalities:
+            item["image"] = self._image(index, item_rng)
+        if "dna" in self.modalities:
+            d = self.cfg.data.dna
+            ids, mask = kmer_tokenize([self.reader.string("barcode", index)], d.k, d.max_len, d.prefix_id)
+            item["dna"], item["dna_mask"] = ids[0], mask[0]
+        if "text" in self.modalities:
+            if self.stored_text:
+                tokens = self.reader.language_token_row(index)
+                item["text"], item["text_mask"] = tokens["input_ids"], tokens["attention_mask"]
+                item["text_type"] = tokens["token_type_ids"]
+            else:
+                code = self._text_codes[index]
+                item["text"] = self._text_tokens["input_ids"][code]
+                item["text_mask"] = self._text_tokens["attention_mask"][code]
+                item["text_type"] = self._text_tokens["token_type_ids"][code]
+        return item
+
+
+class TrainDataset(_GroupDataset):
+    """Training items of one group (default `data.train_group`), with the seeded augmentation."""
+
+    train = True
+
+    def __init__(
+        self,
+        h5_path: str | Path,
+        group: str,
+        cfg: RunConfig,
+        modalities: Sequence[str] | None = None,
+        seed: int | None = None,
+    ):
+        super().__init__(h5_path, group, cfg, modalities)
+        self.seed = cfg.train.seed if seed is None else int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the augmentation of every item (call before iterating an epoch)."""
+        self.epoch = int(epoch)
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        return self._item(index, item_seed(self.seed, self.epoch, index))
+
+
+class EvalDataset(_GroupDataset):
+    """Evaluation items of one group: the deterministic compat transform; labels and ids alongside."""
+
+    train = False
+
+    def __init__(self, h5_path: str | Path, group: str, cfg: RunConfig, modalities: Sequence[str] | None = None):
+        super().__init__(h5_path, group, cfg, modalities)
+        self._labels: dict[str, np.ndarray] | None = None
+        self._ids: np.ndarray | None = None
+
+    @property
+    def labels(self) -> dict[str, np.ndarray]:
+        """``{order, family, genus, species}`` -> str array, row-aligned (missing ranks: not_classified)."""
+        if self._labels is None:
+            self._labels = self.reader.taxonomy()
+        return self._labels
+
+    @property
+    def sample_ids(self) -> np.ndarray:
+        """processid (5M) or image_file (1M) of every row."""
+        if self._ids is None:
+            self._ids = self.reader.sample_ids()
+        return self._ids
+
+    def label_dicts(self) -> list[dict[str, str]]:
+        """Row-aligned ``{"order", "family", "genus", "species"}`` dicts (the published labels JSON)."""
+        labels = self.labels
+        return [dict(zip(LEVELS, values)) for values in zip(*(labels[level].tolist() for level in LEVELS))]
+
+    def __getitem__(self, index: int) -> dict:
+        return self._item(int(index))
+
+
+def collate(items: Sequence[dict]) -> dict[str, torch.Tensor]:
+    """Stack items: ``index`` LongTensor [B]; ``image`` [B,3,H,W]; ``dna``, ``dna_mask`` [B,T];
+    ``text``, ``text_mask``, ``text_type`` [B,L] (only the keys the items carry)."""
+    if not items:
+        raise ValueError("collate() needs at least one item")
+    out = {"index": torch.tensor([it["index"] for it in items], dtype=torch.long)}
+    first = items[0]
+    if "image" in first:
+        out["image"] = torch.stack([it["image"] for it in items])
+    for key in ("dna", "dna_mask", "text", "text_mask", "text_type"):
+        if key in first:
+            out[key] = torch.from_numpy(np.stack([it[key] for it in items]).astype(np.int64, copy=False))
+    return out

@@ -1,0 +1,315 @@
+"""`build-hdf5`: raw release -> HDF5 -> reader, bad inputs in the report, --splits, safe output, 1M, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from bioclip_cli.data.build_raw import GROUPS_5M, METADATA_5M
+from bioclip_cli.data.hdf5 import BioscanH5
+from bioclip_cli.data.sample import sample_metadata_csv, sample_root
+from bioclip_cli.data.taxonomy import LEVELS, load_text_tokenizer, taxonomy_strings, tokenize_taxonomy
+from bioclip_cli.errors import DataError
+from bioclip_cli.workflows.build_hdf5 import build_1m, build_5m
+
+
+def sample_rows() -> list[dict]:
+    with open(sample_metadata_csv(), newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def image_path(root: Path, row: dict) -> Path:
+    folder = root / "bioscan5m" / "images" / "cropped_256" / row["split"]
+    return (folder / row["chunk"] if row["chunk"] else folder) / f"{row['processid']}.jpg"
+
+
+def write_raw(root: Path, rows: list[dict], copy_images: bool = True) -> Path:
+    meta = root / METADATA_5M
+    meta.parent.mkdir(parents=True, exist_ok=True)
+    with open(meta, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    if copy_images:
+        for row in rows:
+            src = image_path(sample_root(), row)
+            if src.exists():
+                dst = image_path(root, row)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+    return root
+
+
+def test_round_trip_of_the_bundled_sample(sample_h5):
+    rows = sample_rows()
+    h5 = BioscanH5(sample_h5)
+    split_counts = Counter(r["split"] for r in rows)
+    assert h5.group_names() == sorted(GROUPS_5M)
+    by_id = {r["processid"]: r for r in rows}
+    tokenizer = load_text_tokenizer("bioclip-sample")
+    for group_name, splits in GROUPS_5M.items():
+        g = h5.group(group_name)
+        assert len(g) == sum(split_counts[s] for s in splits), group_name
+        ids = g.sample_ids().tolist()
+        assert all(by_id[i]["split"] in splits for i in ids)
+        for i, pid in enumerate(ids):  # bytes identical to the source files
+            assert g.image_bytes(i) == image_path(sample_root(), by_id[pid]).read_bytes()
+        assert g.barcodes().tolist() == [by_id[p]["dna_barcode"] for p in ids]
+        assert g.strings("sampleid").tolist() == [by_id[p]["sampleid"] for p in ids]
+        assert g.strings("image_file").tolist() == [f"{p}.jpg" for p in ids]
+        tax = g.taxonomy()
+        for level in LEVELS:
+            assert tax[level].tolist() == [by_id[p][level] or "not_classified" for p in ids]
+        expected = tokenize_taxonomy(tokenizer, taxonomy_strings(*(tax[level] for level in LEVELS)), 20)
+        stored = g.language_tokens()
+        assert all(np.array_equal(stored[k], expected[k]) for k in expected)
+    report = json.loads(Path(f"{sample_h5}.report.json").read_text())
+    assert report["rows_written"] == len(rows) and report["metadata_rows"] == len(rows)
+    assert set(report["problems"]) == {"missing_taxonomy"}  # the pretrain rows have no species
+    assert report["problems"]["missing_taxonomy"]["count"] == split_counts["pretrain"]
+    assert report["missing_ranks"]["species"] == split_counts["pretrain"]
+
+
+def test_sample_split_semantics(sample_h5):
+    h5 = BioscanH5(sample_h5)
+    species = {name: set(h5.group(name).strings("species").tolist()) for name in h5.group_names()}
+    assert species["val_seen"] == species["test_seen"] == species["seen_keys"]
+    assert species["val_seen"] <= species["all_keys"]
+    assert species["val_unseen"] == species["test_unseen"] == species["unseen_keys"]
+    assert not species["val_unseen"] & species["seen_keys"]  # unseen species only via key_unseen
+    assert species["all_keys"] == species["seen_keys"] | species["unseen_keys"]
+    assert len(species["seen_keys"]) == 24 and len(species["unseen_keys"]) == 12
+
+
+@pytest.fixture
+def bad_raw(tmp_path) -> tuple[Path, dict]:
+    """A small raw release with every kind of bad input, one row each."""
+    rows = [dict(r) for r in sample_rows() if r["split"] in ("train", "val", "key_unseen", "val_unseen")][:40]
+    bad = {}
+    bad["missing_image"] = rows[0]["processid"]
+    bad["bad_image_random"] = rows[1]["processid"]
+    bad["bad_image_truncated"] = rows[2]["processid"]
+    bad["empty_barcode"] = rows[3]["processid"]
+    rows[3]["dna_barcode"] = ""
+    bad["barcode_chars"] = rows[4]["processid"]
+    rows[4]["dna_barcode"] = "ACGTRYacgt-" + rows[4]["dna_barcode"]
+    bad["missing_taxonomy"] = rows[5]["processid"]
+    rows[5]["order"] = ""
+    bad["unknown_split"] = rows[6]["processid"]
+    rows[6]["split"] = "validation"
+    bad["duplicate_processid"] = rows[7]["processid"]
+    rows.append(dict(rows[7], dna_barcode="TTTT"))
+    root = write_raw(tmp_path / "raw", rows)
+    image_path(root, rows[0]).unlink()
+    image_path(root, rows[1]).write_bytes(np.random.default_rng(0).bytes(3000))
+    data = image_path(root, rows[2]).read_bytes()
+    image_path(root, rows[2]).write_bytes(data[: len(data) // 2])
+    return root, {"rows": rows, **bad}
+
+
+def test_every_bad_input_is_counted_and_listed(bad_raw, tmp_path):
+    root, bad = bad_raw
+    out = tmp_path / "out" / "bad.hdf5"
+    report = build_5m(root, out, workers=2)
+    problems = report.problems
+    assert problems["missing_image"]["ids"] == [bad["missing_image"]]
+    assert problems["bad_image"]["ids"] == [bad["bad_image_random"], bad["bad_image_truncated"]]
+    assert "not a JPEG" in problems["bad_image"]["details"][bad["bad_image_random"]]
+    assert "truncated" in problems["bad_image"]["details"][bad["bad_image_truncated"]]
+    assert problems["empty_barcode"]["ids"] == [bad["empty_barcode"]]
+    assert problems["barcode_chars"]["ids"] == [bad["barcode_chars"]]
+    assert "-RYacgt" in problems["barcode_chars"]["details"][bad["barcode_chars"]]
+    assert bad["missing_taxonomy"] in problems["missing_taxonomy"]["ids"]
+    assert problems["unknown_split"]["ids"] == [bad["unknown_split"]]
+    assert problems["duplicate_processid"]["ids"] == [bad["duplicate_processid"]]
+    assert {k: v["action"] for k, v in problems.items()} == {
+        "missing_image": "skipped",
+        "bad_image": "skipped",
+        "empty_barcode": "kept",
+        "barcode_chars": "kept",
+        "missing_taxonomy": "stored as not_classified",
+        "unknown_split": "in no group",
+        "duplicate_processid": "kept the first row",
+    }
+    assert report.metadata_rows == 41 and report.rows_written == 41 - 1 - 3 - 1  # dup, 3 images, unknown split
+    on_disk = json.loads(report.report_path.read_text())
+    assert on_disk["problems"] == json.loads(json.dumps(problems))
+    h5 = BioscanH5(out)
+    ids = set()
+    for name in h5.group_names():
+        ids |= set(h5.group(name).sample_ids().tolist())
+    for skipped in ("missing_image", "bad_image_random", "bad_image_truncated", "unknown_split"):
+        assert bad[skipped] not in ids
+
+    def find(pid):
+        for name in h5.group_names():
+            g = h5.group(name)
+            ids = g.sample_ids().tolist()
+            if pid in ids:
+                return g.row(ids.index(pid))
+        raise AssertionError(pid)
+
+    first = next(r for r in bad["rows"] if r["processid"] == bad["duplicate_processid"])
+    assert find(bad["duplicate_processid"])["barcode"] == first["dna_barcode"]  # the first row is kept
+    assert find(bad["empty_barcode"])["barcode"] == ""
+    assert find(bad["barcode_chars"])["barcode"].startswith("ACGTRYacgt-")
+    assert find(bad["missing_taxonomy"])["order"] == "not_classified"
+    assert not Path(f"{out}.partial").exists()
+
+
+def test_on_bad_image_fail_leaves_nothing(bad_raw, tmp_path):
+    root, bad = bad_raw
+    out = tmp_path / "fail.hdf5"
+    with pytest.raises(DataError, match="missing image|bad image") as info:
+        build_5m(root, out, on_bad_image="fail", workers=1)
+    assert bad["missing_image"] in info.value.message or bad["bad_image_random"] in info.value.message
+    assert not out.exists() and not Path(f"{out}.partial").exists()
+
+
+def test_decode_check_finds_corruption_inside_a_jpeg(tmp_path):
+    rows = [dict(r) for r in sample_rows() if r["split"] == "val"][:4]
+    root = write_raw(tmp_path / "raw", rows)
+    data = bytearray(image_path(root, rows[0]).read_bytes())
+    table = data.find(b"\xff\xc4")
+    data[table + 5 : table + 40] = bytes(35)  # markers intact, Huffman table destroyed
+    image_path(root, rows[0]).write_bytes(bytes(data))
+    quick = build_5m(root, tmp_path / "quick.hdf5", workers=1)
+    assert "bad_image" not in quick.problems
+    full = build_5m(root, tmp_path / "full.hdf5", check_images="decode", workers=1)
+    assert full.problems["bad_image"]["ids"] == [rows[0]["processid"]]
+    assert full.groups["val_seen"] == 3
+
+
+def test_splits_subset_and_output_safety(tmp_path):
+    rows = sample_rows()
+    out = tmp_path / "eval.hdf5"
+    report = build_5m(sample_root(), out, splits=["val", "val_unseen", "key_unseen", "train"], workers=2)
+    counts = Counter(r["split"] for r in rows)
+    assert report.groups == {
+        "seen_keys": counts["train"],
+        "unseen_keys": counts["key_unseen"],
+        "all_keys": counts["train"] + counts["key_unseen"],
+        "val_seen": counts["val"],
+        "val_unseen": counts["val_unseen"],
+    }
+    assert set(report.groups_skipped) == {"no_split_and_seen_train", "test_seen", "test_unseen", "other_heldout"}
+    assert (
+        report.rows_not_selected
+        == counts["pretrain"] + counts["test"] + counts["test_unseen"] + counts["other_heldout"]
+    )
+    assert BioscanH5(out).group_names() == sorted(report.groups)
+    assert not BioscanH5(out).group("val_seen").has_language_tokens()
+    before = out.stat().st_mtime_ns
+    with pytest.raises(DataError, match="already exists"):
+        build_5m(sample_root(), out, splits=["val"])
+    assert out.stat().st_mtime_ns == before
+    Path(f"{out}.partial").write_bytes(b"stale")  # a crashed earlier run
+    again = build_5m(sample_root(), out, splits=["val"], overwrite=True, workers=1)
+    assert again.groups == {"val_seen": counts["val"]} and BioscanH5(out).group_names() == ["val_seen"]
+    assert not Path(f"{out}.partial").exists()
+    with pytest.raises(DataError, match="unknown split"):
+        build_5m(sample_root(), tmp_path / "x.hdf5", splits=["validation"])
+
+
+def test_reencode_quality(tmp_path):
+    out = tmp_path / "q.hdf5"
+    build_5m(sample_root(), out, splits=["val"], reencode_quality=40, workers=1)
+    g = BioscanH5(out).group("val_seen")
+    by_id = {r["processid"]: r for r in sample_rows()}
+    original = image_path(sample_root(), by_id[g.sample_ids([0])[0]]).read_bytes()
+    again = g.image_bytes(0)
+    assert again != original and again[:3] == b"\xff\xd8\xff" and len(again) < len(original)
+    assert "re-encoded, quality 40" == str(BioscanH5(out).file.attrs["image_bytes"])
+
+
+def write_raw_1m(root: Path, rows: list[dict]) -> Path:
+    images = root / "bioscan1m" / "images" / "cropped_256"
+    fields = [
+        "sampleid",
+        "processid",
+        "uri",
+        "order",
+        "family",
+        "genus",
+        "species",
+        "nucraw",
+        "image_file",
+        "chunk_number",
+    ]
+    lines = ["\t".join(fields)]
+    for i, r in enumerate(rows):
+        image_file = f"{1000 + i}.jpg"
+        part = images / f"part{1 + i % 2}"
+        part.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(image_path(sample_root(), r), part / image_file)
+        values = [r["sampleid"], r["processid"], r["dna_bin"], r["order"], r["family"] or "not_classified"]
+        values += [r["genus"], r["species"], r["dna_barcode"], image_file, str(1 + i % 2)]
+        lines.append("\t".join(values))
+    (root / "bioscan1m").mkdir(parents=True, exist_ok=True)
+    (root / "bioscan1m" / "BIOSCAN_Insect_Dataset_metadata.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_build_1m_from_tsv_and_partition(tmp_path):
+    rows = [r for r in sample_rows() if r["split"] in ("val", "train")][:12]
+    root = write_raw_1m(tmp_path / "raw1m", rows)
+    partition = tmp_path / "partition"
+    partition.mkdir()
+    (partition / "val_seen.txt").write_text("\n".join(r["sampleid"] for r in rows[:5]) + "\n")
+    (partition / "all_keys.txt").write_text("\n".join(r["sampleid"] for r in rows[3:]) + "\nNOT-A-SAMPLE\n")
+    out = tmp_path / "BioScan_data_in_splits.hdf5"
+    report = build_1m(root, out, partition=partition, text_tokenizer="bioclip-sample", workers=2)
+    assert report.groups == {"val_seen": 5, "all_keys": 9}
+    g = BioscanH5(out).group("all_keys")
+    assert g.id_column == "image_file" and not g.has("processid")
+    assert g.sample_ids().tolist() == [f"{1000 + i}.jpg" for i in range(3, 12)]
+    assert g.strings("dna_bin").tolist() == [r["dna_bin"] for r in rows[3:]]
+    assert g.image_bytes(0) == image_path(sample_root(), rows[3]).read_bytes()
+    assert g.has_language_tokens()
+    subset = build_1m(root, tmp_path / "v.hdf5", splits=["val_seen"], partition=partition, workers=1)
+    assert subset.groups == {"val_seen": 5}
+    with pytest.raises(DataError, match="no partition file"):
+        build_1m(root, tmp_path / "w.hdf5", splits=["test_seen"], partition=partition)
+
+
+@pytest.mark.slow
+def test_cli_build_and_errors(tmp_path):
+    out = tmp_path / "cli.hdf5"
+    ok = run_cli("build-hdf5", "5m", "--root", str(sample_root()), "--out", str(out), "--splits", "val,val_unseen")
+    assert ok.returncode == 0, ok.stderr
+    assert "val_seen" in ok.stdout and "val_unseen" in ok.stdout and "Traceback" not in ok.stderr
+    assert out.exists() and Path(f"{out}.report.json").exists()
+    for args, needle in [
+        (("build-hdf5", "5m", "--root", str(sample_root()), "--out", str(out)), "already exists"),
+        (("build-hdf5", "7m", "--root", str(sample_root()), "--out", str(tmp_path / "y.h5")), "unknown release"),
+        (
+            ("build-hdf5", "5m", "--root", str(tmp_path / "none"), "--out", str(tmp_path / "z.h5")),
+            "no BIOSCAN-5M metadata",
+        ),
+        (
+            (
+                "build-hdf5",
+                "5m",
+                "--root",
+                str(sample_root()),
+                "--out",
+                str(tmp_path / "t.h5"),
+                "--text-tokenizer",
+                "no/such",
+            ),
+            "text tokenizer",
+        ),
+    ]:
+        bad = run_cli(*args)
+        assert bad.returncode != 0, args
+        errors = [line for line in bad.stderr.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and needle in errors[0], bad.stderr
+        assert "Traceback" not in bad.stderr
+    assert not (tmp_path / "t.h5").exists()

@@ -1,0 +1,192 @@
+"""Image decoding (real BIOSCAN photographs), mode conversion, and the eval/train transforms of SPEC §3."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bioclip_cli.config.schema import ImageDataConfig
+from bioclip_cli.data.images import (
+    EvalTransform,
+    TrainTransform,
+    decode_image,
+    flip_rotate_matrix,
+    resized_size,
+    to_tensor,
+)
+
+
+def encode(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def reference_eval(img: Image.Image, resize: int = 256, crop: int = 224) -> torch.Tensor:
+    """SPEC §3 written out: ToTensor, Resize(shorter side, bilinear, antialias, on floats), CenterCrop."""
+    x = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).float().div(255)
+    h, w = x.shape[1:]
+    size = (resize, int(resize * w / h)) if h <= w else (int(resize * h / w), resize)
+    if size != (h, w):
+        x = torch.nn.functional.interpolate(x[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+    top, left = int(round((size[0] - crop) / 2.0)), int(round((size[1] - crop) / 2.0))
+    return x[:, top : top + crop, left : left + crop]
+
+
+@pytest.fixture
+def photos(realdata):
+    folder = realdata / "bioscan1m_repo" / "images"
+    return {
+        "full": [folder / "4284053_Odonata.jpg", folder / "5580278_Coleoptera.jpg"],
+        "small": [folder / "BIOUG68001-C12.jpg", folder / "cropped_resized_BIOUG68020-A01.jpg"],
+    }
+
+
+def test_decode_full_size_photo_with_draft(photos):
+    data = photos["full"][0].read_bytes()
+    full = decode_image(data)
+    assert full.mode == "RGB" and full.size == (2880, 2160)
+    small = decode_image(data, min_side=256)
+    assert small.mode == "RGB" and small.size == (360, 270)  # 1/8 DCT scale, still >= 256
+    assert decode_image(data, min_side=500).size == (720, 540)  # 1/4
+    assert decode_image(data, min_side=600).size == (1440, 1080)  # 1/4 would be too small
+    assert decode_image(data, min_side=1500).size == (2880, 2160)  # less than 2x: full decode
+    # the reduced decode is the same picture: compare with a resize of the full decode
+    ref = np.asarray(full.resize(small.size, Image.Resampling.BOX), dtype=np.float32)
+    assert np.abs(np.asarray(small, dtype=np.float32) - ref).mean() < 3.0
+
+
+def test_decode_256px_crops(photos):
+    for path in photos["small"]:
+        img = decode_image(path.read_bytes(), min_side=256)
+        assert img.mode == "RGB" and min(img.size) == 256
+        assert img.size == Image.open(path).size
+
+
+@pytest.mark.parametrize(
+    ("mode", "make", "expected"),
+    [
+        ("L", lambda: Image.new("L", (8, 6), 100), (100, 100, 100)),
+        ("LA", lambda: Image.new("LA", (8, 6), (50, 128)), (50, 50, 50)),
+        ("RGBA", lambda: Image.new("RGBA", (8, 6), (10, 20, 30, 0)), (10, 20, 30)),
+        ("P", lambda: Image.new("RGB", (8, 6), (200, 0, 0)).convert("P", palette=Image.Palette.ADAPTIVE), (200, 0, 0)),
+        ("I;16", lambda: Image.fromarray(np.full((6, 8), 40000, dtype=np.uint16)), (156, 156, 156)),
+        ("I;16 small", lambda: Image.fromarray(np.full((6, 8), 77, dtype=np.uint16)), (77, 77, 77)),
+    ],
+)
+def test_any_mode_becomes_rgb(mode, make, expected):
+    img = decode_image(encode(make(), "PNG"))
+    assert img.mode == "RGB" and img.size == (8, 6)
+    assert img.getpixel((3, 3)) == expected
+
+
+def test_cmyk_jpeg_becomes_rgb():
+    cmyk = Image.new("CMYK", (16, 16), (0, 255, 255, 0))  # red
+    img = decode_image(encode(cmyk, "JPEG", quality=95))
+    r, g, b = img.getpixel((8, 8))
+    assert img.mode == "RGB" and r > 200 and g < 60 and b < 60
+
+
+def test_eval_transform_is_exact_on_a_full_size_photo(photos):
+    data = photos["full"][1].read_bytes()
+    cfg = ImageDataConfig(draft=False)
+    got = EvalTransform(cfg)(data)
+    expected = reference_eval(Image.open(io.BytesIO(data)))
+    assert got.shape == (3, 224, 224) and got.dtype == torch.float32
+    assert torch.equal(got, expected)
+    drafted = EvalTransform(ImageDataConfig(draft=True))(data)  # faster, nearly the same pixels
+    assert drafted.shape == (3, 224, 224) and (drafted - expected).abs().mean() < 0.02
+
+
+def test_eval_transform_crop_offsets_round_half_to_even(photos):
+    img = Image.open(photos["small"][0])  # 341 x 256: no resize, left = round(58.5) = 58
+    x = to_tensor(img.convert("RGB"))
+    got = EvalTransform()(photos["small"][0].read_bytes())
+    assert torch.equal(got, x[:, 16:240, 58:282])
+    odd = Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 343, 3), dtype=np.uint8))
+    assert torch.equal(EvalTransform()(odd), to_tensor(odd)[:, 16:240, 60:284])  # round(59.5) = 60
+
+
+def test_eval_transform_range_and_normalisation(photos):
+    data = photos["small"][1].read_bytes()
+    plain = EvalTransform()(data)
+    assert 0 <= plain.min() and plain.max() <= 1 + 1e-6
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    norm = EvalTransform(ImageDataConfig(mean=mean, std=std))(data)
+    expected = (plain - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    torch.testing.assert_close(norm, expected)
+    tiny = EvalTransform(ImageDataConfig(resize=36, crop=32))(data)
+    assert tiny.shape == (3, 32, 32)
+
+
+def test_resized_size_truncates_the_longer_side():
+    assert resized_size(2160, 2880, 256) == (256, 341)
+    assert resized_size(256, 341, 256) == (256, 341)
+    assert resized_size(500, 300, 256) == (426, 256)
+
+
+def test_train_transform_shape_range_and_determinism(photos):
+    data = photos["small"][0].read_bytes()
+    tt = TrainTransform()
+    a, b = tt(data, 123), tt(data, 123)
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    assert a.shape == (3, 224, 224) and a.dtype == torch.float32
+    assert torch.equal(a, b)
+    assert torch.equal(tt(data, g1), tt(data, g2))
+    outs = [tt(data, seed) for seed in range(6)]
+    assert len({o.sum().item() for o in outs}) == 6  # different seeds, different augmentations
+    assert all(0 <= o.min() and o.max() <= 1 for o in outs)
+    full = tt(photos["full"][0].read_bytes(), 5)  # from a 2880 x 2160 photo (draft decode)
+    assert full.shape == (3, 224, 224)
+
+
+def test_train_rotation_fills_black_and_flips():
+    white = encode(Image.new("RGB", (256, 256), (255, 255, 255)), "PNG")
+    cfg = ImageDataConfig(scale=[1.0, 1.0], ratio=[1.0, 1.0], rotation=45.0, hflip=False, vflip=False)
+    outs = [TrainTransform(cfg)(white, seed) for seed in range(8)]
+    rotated = [o for o in outs if o[:, 0, 0].sum() == 0]
+    assert rotated, "a rotation of up to 45 degrees leaves black corners"
+    assert all(o[:, 112, 112].tolist() == [1.0, 1.0, 1.0] for o in outs)
+    # flips only: the left half of a two-colour image ends up left or right
+    half = np.zeros((256, 256, 3), dtype=np.uint8)
+    half[:, :128] = 255
+    img = Image.fromarray(half)
+    cfg = ImageDataConfig(scale=[1.0, 1.0], ratio=[1.0, 1.0], rotation=0.0, hflip=True, vflip=False)
+    lefts = {round(TrainTransform(cfg)(img, seed)[0, 100, 10].item()) for seed in range(16)}
+    assert lefts == {0, 1}
+
+
+def test_crop_box_tries_then_falls_back():
+    tt = TrainTransform(ImageDataConfig(scale=[1.0, 1.0], ratio=[2.0, 2.0]))
+    assert tt.crop_box(100, 100, [0.5] * 40) == (25, 0, 50, 100)  # 2:1 never fits: central fallback
+    tt = TrainTransform(ImageDataConfig(scale=[0.25, 0.25], ratio=[1.0, 1.0]))
+    top, left, h, w = tt.crop_box(100, 200, [0.0, 0.0, 0.99, 0.0] + [0.5] * 36)
+    assert (h, w) == (71, 71) and top == 29 and left == 0
+
+
+def test_color_jitter_is_seeded(photos):
+    data = photos["small"][1].read_bytes()
+    tt = TrainTransform(ImageDataConfig(color_jitter=0.5, resize=72, crop=64))
+    a, b, c = tt(data, 1), tt(data, 1), tt(data, 2)
+    assert a.shape == (3, 64, 64) and torch.equal(a, b) and not torch.equal(a, c)
+    assert 0 <= a.min() and a.max() <= 1
+
+
+@pytest.mark.parametrize("angle", [0.0, 17.3, -44.9])
+@pytest.mark.parametrize(("hflip", "vflip"), [(False, False), (True, False), (False, True), (True, True)])
+def test_fused_flip_rotation_equals_pillow_steps(angle, hflip, vflip):
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8))
+    ref = img
+    if hflip:
+        ref = ref.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if vflip:
+        ref = ref.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    if angle:
+        ref = ref.rotate(angle, resample=Image.Resampling.NEAREST, fillcolor=0)
+    matrix = flip_rotate_matrix(64, angle, hflip, vflip)
+    got = img.transform((64, 64), Image.Transform.AFFINE, matrix, resample=Image.Resampling.NEAREST, fillcolor=0)
+    assert np.array_equal(np.asarray(got), np.asarray(ref))
