@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from bioclip_cli.cli.options import ConfigOpt, OutDirOpt, PresetOpt, SetOpt, examples
-from bioclip_cli.errors import NotAvailableYet
 
 EXAMPLES = examples(
     "bioclip train --preset idt-5m",
@@ -19,6 +18,48 @@ EXAMPLES = examples(
 NO_ARGS_IS_HELP = True
 
 
+def _flag_sets(**flags) -> list[str]:
+    """Dedicated flags as --set overrides (they win over the preset, --config and --set)."""
+    keys = {"epochs": "train.epochs", "max_steps": "train.max_steps", "batch_size": "train.batch_size",
+            "num_workers": "data.num_workers", "seed": "train.seed", "precision": "train.precision",
+            "report_to": "train.report_to"}  # fmt: skip
+    return [f"{keys[name]}={value}" for name, value in flags.items() if value is not None]
+
+
+def _console_events():
+    """Training events printed as they come: parameter table, messages, a compact table per evaluation."""
+    from bioclip_cli.cli import output
+    from bioclip_cli.workflows.train import TrainEvents
+
+    class ConsoleEvents(TrainEvents):
+        def message(self, text: str) -> None:
+            output.info(text)
+
+        def parameters(self, rows: list[dict]) -> None:
+            shown = [{k: f"{v:,}" if isinstance(v, int) else v for k, v in row.items()} for row in rows]
+            output.print_table(shown, title="parameters")
+
+        def evaluated(self, epoch: float, step: int, result: dict, selection: dict) -> None:
+            k, levels = str(result["k"][0]), result["levels"][-2:]  # compact: the two finest levels
+            rows = []
+            for pair, cell in result["results"].items():
+                row = {"query|key": pair}
+                for part in (p for p in ("seen", "unseen", "harmonic_mean") if p in cell):
+                    for level in levels:
+                        name = "H.M." if part == "harmonic_mean" else part
+                        row[f"{name} {level}"] = f"{100 * cell[part]['micro'][k][level]:5.1f}"
+                rows.append(row)
+            output.print_table(rows, title=f"epoch {epoch} (step {step}): micro top-{k} accuracy (%)")
+            mark = (
+                " (new best)"
+                if selection["is_best"]
+                else f" (best {100 * selection['best']:.1f}, epoch {selection['best_epoch']})"
+            )
+            output.info(f"{selection['metric']}: {100 * selection['value']:.1f}{mark}")
+
+    return ConsoleEvents()
+
+
 def command(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
@@ -26,14 +67,71 @@ def command(
     out: OutDirOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's last saved state.")] = False,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Number of epochs.", show_default=False)] = None,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many steps.", show_default=False)] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Per-process batch size.", show_default=False)] = None,
-    num_workers: Annotated[int | None, typer.Option("--num-workers", help="DataLoader workers.", show_default=False)] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="Stop after this many steps.", show_default=False)
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Per-process batch size.", show_default=False)
+    ] = None,
+    num_workers: Annotated[
+        int | None, typer.Option("--num-workers", help="DataLoader workers.", show_default=False)
+    ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed.", show_default=False)] = None,
-    precision: Annotated[str | None, typer.Option("--precision", help="fp32, bf16 or fp16.", show_default=False)] = None,
+    precision: Annotated[
+        str | None, typer.Option("--precision", help="fp32, bf16 or fp16.", show_default=False)
+    ] = None,
     report_to: Annotated[
         str | None, typer.Option("--report-to", help="wandb or tensorboard (off by default).", show_default=False)
     ] = None,
 ) -> None:
-    """Train a BIOSCAN-CLIP model; writes runs/NAME/ (config, checkpoints/last and best, metrics.jsonl)."""
-    raise NotAvailableYet("bioclip train (contrastive training)")
+    """Train a BIOSCAN-CLIP model; writes runs/NAME/ (config, checkpoints/last and best, metrics.jsonl).
+
+    With --resume the run's saved config.yaml is the base (--config, --set and the flags still apply on top),
+    and training continues exactly where the saved state left off.
+    """
+    from bioclip_cli.cli import output
+    from bioclip_cli.config import load_config
+    from bioclip_cli.errors import BioclipError
+    from bioclip_cli.workflows.run_dir import default_run_dir
+
+    sets = [*(set_ or []), *_flag_sets(epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+                                       num_workers=num_workers, seed=seed, precision=precision, report_to=report_to)]  # fmt: skip
+    if resume:
+        if out is None and preset is None:
+            raise BioclipError("--resume needs the run: give --out runs/NAME (or the --preset it was trained with)")
+        from bioclip_cli.workflows.train import resume_config
+
+        run_dir = out if out is not None else default_run_dir(Path(preset).stem)
+        cfg = resume_config(run_dir, config or [], sets)
+    else:
+        if preset is None and not config:
+            raise BioclipError(
+                "give --preset NAME (see `bioclip presets`) or --config FILE", "bioclip train --preset demo"
+            )
+        cfg = load_config(preset, config or [], sets)
+        run_dir = out if out is not None else default_run_dir(cfg.name)
+    if not cfg.train.enabled:
+        output.info(
+            f"{cfg.name} is an untrained baseline: pretrained encoders with seeded random heads, no alignment "
+            "(the paper's 'no alignment' rows). There is nothing to train; embed and evaluate it directly."
+        )
+        output.hint(f"bioclip embed --preset {cfg.name}  then  bioclip eval --run {default_run_dir(cfg.name)}")
+        return
+
+    from bioclip_cli.workflows.train import train
+
+    result = train(cfg, run_dir, resume=resume, events=_console_events())
+    if not result.is_main:
+        return
+    if result.stopped == "already complete":
+        output.info(f"{run_dir} already finished its {result.epochs} epoch(s) ({result.steps} steps)")
+        output.hint(f"train longer: bioclip train --out {run_dir} --resume --epochs {cfg.train.epochs + 1}")
+    else:
+        how = "stopped at --max-steps" if result.stopped == "max_steps" else "finished"
+        output.success(
+            f"{how}: {result.epochs} epoch(s), {result.steps} steps, {result.samples_per_second:,.1f} samples/s "
+            f"-> {run_dir}"
+        )
+    if result.best is not None:
+        output.info(f"best {result.best['metric']}: {100 * result.best['value']:.1f}% (epoch {result.best['epoch']})")
+    output.hint(f"bioclip embed --run {run_dir}")

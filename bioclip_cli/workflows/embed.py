@@ -1,0 +1,360 @@
+"""`bioclip embed`: encode the query groups and the keys with a model; write the published embedding files.
+
+The model comes from a run directory (`checkpoints/best` by default), a checkpoint file or folder with a
+preset (ours, or a published BIOSCAN-CLIP / CLIBD `.pth`), or a preset alone (pretrained encoders with
+seeded random heads: the untrained `none-*` baselines). For `--split val` the groups are
+`data.val_groups` (seen, unseen) and `data.key_group`; for `--split test` `data.test_groups`.
+
+Encoding runs under `torch.inference_mode` (optionally in bf16 autocast), batch by batch; with several
+processes (`accelerate launch`) every process encodes a shard of each group and the rows are gathered back
+in file order (:func:`bioclip_cli.workflows.sampler.shard_rows`). The main process streams them into
+`extracted_feature_from_{split}_split.hdf5` + `labels_{split}.json` under `OUT/embeddings/`.
+
+`OUT/embeddings/embed_{split}.json` records where the embeddings came from (a fingerprint of the weights,
+the configuration and the dtype). A rerun with the same fingerprint skips the groups that are already
+complete (all of them once the file is finished); a different source starts the file over.
+
+:func:`encode_group` is also what training uses for its per-epoch evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bioclip_cli.config import load_config, save_config, to_dict
+from bioclip_cli.config.schema import RunConfig
+from bioclip_cli.data.datasets import EvalDataset, collate
+from bioclip_cli.data.embedding_file import EmbeddingFileWriter, embedding_file_paths
+from bioclip_cli.data.hdf5 import BioscanH5
+from bioclip_cli.errors import BioclipError, ConfigError, DataError
+from bioclip_cli.progress import Bar, progress_bar
+from bioclip_cli.workflows.run_dir import RunDir, default_run_dir, resolve_run, run_checkpoint
+from bioclip_cli.workflows.sampler import shard_rows
+
+ROLES: tuple[str, ...] = ("seen", "unseen", "key")
+SPLITS = ("val", "test")
+DTYPES = ("float32", "float64")
+
+
+def split_groups(cfg: RunConfig, split: str) -> dict[str, str]:
+    """{seen, unseen, key} -> HDF5 group names for a query split (val or test)."""
+    if split not in SPLITS:
+        raise ConfigError("split", f"--split must be val or test, got {split!r}")
+    seen, unseen = cfg.data.val_groups if split == "val" else cfg.data.test_groups
+    return {"seen": seen, "unseen": unseen, "key": cfg.data.key_group}
+
+
+def ignore_sigint(_worker_id: int) -> None:
+    """DataLoader worker init: leave Ctrl-C to the main process, which stops cleanly and saves."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# -------------------------------------------------------------------------------------------- encoding
+
+
+def _autocast(device: torch.device, autocast: str):
+    if autocast == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def encode_rows(
+    model: torch.nn.Module,
+    dataset: EvalDataset,
+    *,
+    device: torch.device,
+    batch_size: int,
+    num_workers: int = 0,
+    autocast: str = "none",
+    accelerator=None,
+    bar: Bar | None = None,
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """`(first_row, {modality: float32 [n, d]})` for consecutive blocks of the group's rows, in file order.
+
+    With an `accelerator` of several processes, every process must call this with the same dataset; each
+    encodes its shard and every process receives the gathered rows. The model is put in eval mode.
+    """
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    n = len(dataset)
+    modalities = [m for m in model.modalities if m in dataset.modalities]
+    steps = list(shard_rows(n, batch_size, rank, world))
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=[rows for rows, _ in steps],
+        collate_fn=collate,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=ignore_sigint if num_workers else None,
+        generator=torch.Generator().manual_seed(0),  # the global RNG stays untouched (exact resume)
+    )
+    model.eval()
+    start = 0
+    with torch.inference_mode(), _autocast(device, autocast):
+        for step, batch in enumerate(loader):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            feats = model(batch)
+            width = len(steps[step][0])
+            out = {}
+            for m in modalities:
+                x = feats[m].float()
+                if world > 1:
+                    x = accelerator.gather(x.contiguous())
+                    valid = [min(batch_size, max(0, n - start - r * batch_size)) for r in range(world)]
+                    x = torch.cat([x[r * width : r * width + valid[r]] for r in range(world)])
+                out[m] = x.cpu().numpy()
+            rows = len(next(iter(out.values())))
+            yield start, out
+            start += rows
+            if bar is not None:
+                bar.advance(rows)
+    if start != n:  # pragma: no cover - a sharding bug would show here
+        raise RuntimeError(f"encoded {start} rows of {n} in group {dataset.group!r}")
+
+
+def encode_group(model, dataset: EvalDataset, **kwargs) -> dict[str, np.ndarray]:
+    """All rows of a group, encoded: {modality: float32 [N, d]} (see :func:`encode_rows`)."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for _, feats in encode_rows(model, dataset, **kwargs):
+        for m, x in feats.items():
+            parts.setdefault(m, []).append(x)
+    return {m: np.concatenate(xs) for m, xs in parts.items()}
+
+
+# -------------------------------------------------------------------------------------------- sources
+
+
+@dataclass
+class EmbedPlan:
+    """What to embed with which weights, and where the files go (`out/embeddings/`)."""
+
+    cfg: RunConfig
+    checkpoint: Path | None
+    out: Path
+    source: str  # "run", "checkpoint" or "preset"
+    description: str
+
+
+def plan_embedding(
+    *,
+    run: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    preset: str | None = None,
+    files: list | tuple = (),
+    sets: list | tuple = (),
+    which: str = "best",
+    out: str | Path | None = None,
+) -> EmbedPlan:
+    """Resolve `--run` / `--checkpoint [--preset]` / `--preset` into a configuration, weights and an output run."""
+    from bioclip_cli.models.checkpoint import CONFIG_FILE
+
+    files, sets = list(files or ()), list(sets or ())
+    if run is not None:
+        if checkpoint is not None or preset is not None:
+            raise BioclipError(
+                "--run takes the configuration and weights from the run; do not combine it with --checkpoint/--preset",
+                "use --run runs/NAME alone, or --checkpoint FILE --preset NAME",
+            )
+        rd = resolve_run(run)
+        ckpt = run_checkpoint(rd, which)
+        cfg = load_config(str(rd.config), files, sets)
+        return EmbedPlan(cfg, ckpt, Path(out) if out else rd.root, "run", f"{rd.root} ({which} checkpoint)")
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        if not checkpoint.exists():
+            raise DataError(
+                checkpoint,
+                f"checkpoint {checkpoint} does not exist",
+                "check the path, or `bioclip download checkpoints`",
+            )
+        beside = (checkpoint if checkpoint.is_dir() else checkpoint.parent) / CONFIG_FILE
+        if preset is None and not (beside.is_file() and checkpoint.suffix in ("", ".safetensors")):
+            raise ConfigError(
+                "preset",
+                f"--checkpoint {checkpoint} needs --preset to say which model it holds",
+                f"e.g. bioclip embed --checkpoint {checkpoint} --preset idt-5m",
+            )
+        cfg = load_config(preset if preset is not None else str(beside), files, sets)
+        stem = (
+            checkpoint.stem
+            if checkpoint.name not in ("best", "last")
+            else f"{checkpoint.parent.parent.name}-{checkpoint.name}"
+        )
+        target = Path(out) if out else default_run_dir(f"{cfg.name}-{stem}")
+        return EmbedPlan(cfg, checkpoint, target, "checkpoint", f"{checkpoint} ({cfg.name} model)")
+    if preset is not None:
+        cfg = load_config(preset, files, sets)
+        target = Path(out) if out else default_run_dir(cfg.name)
+        if out is None and RunDir(target).has_checkpoints():
+            raise BioclipError(
+                f"{target} holds a trained run; --preset {preset} alone would embed the untrained model into it",
+                f"embed the trained model with `bioclip embed --run {target}`, or pass --out for the baseline",
+            )
+        what = "untrained baseline" if not cfg.train.enabled else "untrained model"
+        return EmbedPlan(cfg, None, target, "preset", f"preset {cfg.name} ({what}: pretrained encoders, seeded heads)")
+    raise BioclipError(
+        "nothing to embed: give --run runs/NAME, --checkpoint FILE --preset NAME, or --preset NAME",
+        "bioclip embed --run runs/demo",
+    )
+
+
+# ------------------------------------------------------------------------------------------- workflow
+
+
+@dataclass
+class EmbedResult:
+    h5_path: Path
+    labels_path: Path
+    out: Path
+    split: str
+    groups: dict[str, str]
+    rows: dict[str, int]
+    encoded: list[str] = field(default_factory=list)  # roles encoded by this call
+    skipped: list[str] = field(default_factory=list)  # roles already complete from an earlier call
+    seconds: float = 0.0  # encoding and writing (the model build excluded)
+    description: str = ""
+    is_main: bool = True  # False on the other processes of a multi-process launch
+
+    @property
+    def rows_per_second(self) -> float:
+        done = sum(self.rows[r] for r in self.encoded)
+        return done / self.seconds if self.seconds > 0 else 0.0
+
+
+def _weights_stamp(path: Path | None) -> dict | None:
+    if path is None:
+        return None
+    target = path / "model.safetensors" if path.is_dir() else path
+    st = target.stat()
+    return {"path": str(target.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def embedding_fingerprint(cfg: RunConfig, checkpoint: Path | None, split: str, dtype: str) -> str:
+    """A hash of everything that decides the embedding values: weights, model, data preparation, dtype."""
+    data = {k: v for k, v in to_dict(cfg.data).items() if k != "num_workers"}
+    payload = {
+        "weights": _weights_stamp(checkpoint),
+        "model": to_dict(cfg.model),
+        "data": data,
+        "autocast": cfg.eval.autocast,
+        "split": split,
+        "dtype": dtype,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def build_embedding_model(cfg: RunConfig, checkpoint: Path | None):
+    """The model with `checkpoint` loaded (encoders it covers skip their pretrained download)."""
+    from accelerate.utils import set_seed
+
+    from bioclip_cli.models.build import build_model
+
+    model_cfg = dataclasses.replace(cfg.model, checkpoint=str(checkpoint) if checkpoint else cfg.model.checkpoint)
+    set_seed(cfg.train.seed)  # random (weights: null) backbones are reproducible too
+    return build_model(model_cfg)
+
+
+def _write_info(path: Path, info: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def embed(
+    plan: EmbedPlan, *, split: str = "val", dtype: str | None = None, batch_size: int | None = None
+) -> EmbedResult:
+    """Encode the `split` queries and the keys with the plan's model; write the published files under
+    `plan.out/embeddings/`. Run it under `accelerate launch` to encode with several processes."""
+    cfg = plan.cfg
+    dtype = dtype or cfg.eval.dtype
+    if dtype not in DTYPES:
+        raise ConfigError("dtype", f"--dtype must be float32 or float64, got {dtype!r}")
+    groups = split_groups(cfg, split)
+    h5 = BioscanH5(cfg.data.hdf5)  # DataError naming the file (+ how to get it)
+    for group in groups.values():
+        h5.group(group)  # DataError naming the group and the groups that exist
+    h5.close()
+
+    from accelerate.utils import broadcast_object_list
+
+    from bioclip_cli.workflows.accelerator import make_accelerator
+
+    accelerator = make_accelerator()
+    main = accelerator.is_main_process
+    out_dir = RunDir(plan.out).embeddings
+    h5_path, labels_path = embedding_file_paths(out_dir, split)
+    info_path = out_dir / f"embed_{split}.json"
+    fingerprint = embedding_fingerprint(cfg, plan.checkpoint, split, dtype)
+    writer = None
+    state = [set(), False]
+    if main:
+        previous = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        same = previous.get("fingerprint") == fingerprint
+        writer = EmbeddingFileWriter(out_dir, split, dtype=dtype, overwrite=not same)
+        state = [writer.completed_groups, writer.finished]
+        if not RunDir(plan.out).config.is_file():
+            save_config(cfg, RunDir(plan.out).config)
+        info = {"fingerprint": fingerprint, "source": plan.source, "description": plan.description,
+                "checkpoint": str(plan.checkpoint) if plan.checkpoint else None, "split": split, "dtype": dtype,
+                "groups": groups, "complete": writer.finished}  # fmt: skip
+        _write_info(info_path, info)
+    if accelerator.num_processes > 1:
+        broadcast_object_list(state)
+    done, finished = state
+    result = EmbedResult(h5_path, labels_path, plan.out, split, groups, {}, description=plan.description, is_main=main)
+    datasets = {role: EvalDataset(cfg.data.hdf5, group, cfg) for role, group in groups.items()}
+    result.rows = {role: len(ds) for role, ds in datasets.items()}
+    todo = [role for role in ROLES if role not in done]
+    result.skipped = [role for role in ROLES if role in done]
+    if finished or not todo:
+        if writer is not None:
+            writer.finalize()
+            writer.close()
+            if not info["complete"]:
+                info["complete"] = True
+                _write_info(info_path, info)
+        return result
+
+    model = build_embedding_model(cfg, plan.checkpoint).to(accelerator.device)
+    start = time.perf_counter()
+    batch = batch_size or cfg.eval.batch_size
+    try:
+        for role in todo:
+            ds = datasets[role]
+            bar_ctx = progress_bar(len(ds), f"Embedding {ds.group}", unit="rows") if main else nullcontext(Bar())
+            with bar_ctx as bar:
+                labels = ds.labels if main else None
+                ids = ds.sample_ids if main else None
+                group_writer = writer.group_writer(role, len(ds)) if main else None
+                for first, feats in encode_rows(
+                    model, ds, device=accelerator.device, batch_size=batch, num_workers=cfg.data.num_workers,
+                    autocast=cfg.eval.autocast, accelerator=accelerator, bar=bar,
+                ):  # fmt: skip
+                    if group_writer is not None:
+                        rows = slice(first, first + len(next(iter(feats.values()))))
+                        group_writer.append(feats, {lv: v[rows] for lv, v in labels.items()}, ids[rows])
+                if group_writer is not None:
+                    group_writer.close()
+            result.encoded.append(role)
+        if main:
+            writer.finalize()
+            info["complete"] = True
+            _write_info(info_path, info)
+    finally:
+        if writer is not None:
+            writer.close()
+    accelerator.wait_for_everyone()
+    result.seconds = time.perf_counter() - start
+    return result
