@@ -17,7 +17,9 @@ EXAMPLES = examples(
 
 
 def command(
-    name: Annotated[str | None, typer.Argument(help="A preset name or YAML file to resolve.", show_default=False)] = None,
+    name: Annotated[
+        str | None, typer.Argument(help="A preset name or YAML file to resolve.", show_default=False)
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     params: Annotated[
@@ -56,7 +58,8 @@ def command(
         from bioclip_cli.models.summary import parameter_rows
 
         rows = parameter_rows(cfg)
-        output.print_table(rows, title=f"{cfg.name}: parameters (random weights, no download)")
+        shown = [{k: f"{v:,}" if isinstance(v, int) else v for k, v in row.items()} for row in rows]
+        output.print_table(shown, title=f"{cfg.name}: parameters (random weights, no download)")
         if json_out:
             output.write_json(json_out, rows)
         return
