@@ -313,3 +313,68 @@ def test_cli_build_and_errors(tmp_path):
         assert len(errors) == 1 and needle in errors[0], bad.stderr
         assert "Traceback" not in bad.stderr
     assert not (tmp_path / "t.h5").exists()
+
+
+@pytest.mark.parametrize("block_chars", [5, 97, 1 << 20])
+def test_metadata_table_reads_exactly_what_the_csv_module_reads(tmp_path, monkeypatch, block_chars):
+    import io
+
+    import bioclip_cli.data.build_raw as build_raw
+
+    rows = [["processid", "split", "species"]]
+    rows += [[f"P-{i}", "val", "Aedes aegypti"] for i in range(30)]
+    rows[5][2] = 'Culex "pipiens", s.l.'  # quotes and a comma: quoted in the file
+    rows[9][2] = "two\nlines"  # a newline inside a quoted field
+    rows[12] = ["P-12", "val"]  # a short row
+    buf = io.StringIO(newline="")
+    csv.writer(buf, lineterminator="\r\n").writerows(rows)
+    text = buf.getvalue() + "\r\n" + "P-99,val,last row without a line end"  # a blank line, then no final newline
+    for name, content in (("crlf.csv", text), ("lf.csv", text.replace("\r\n", "\n")), ("cr.csv", "a,b\nx\ry,z\n")):
+        path = tmp_path / name
+        path.write_bytes(content.encode())
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            next(reader)
+            expected = list(reader)
+        monkeypatch.setattr(build_raw, "_BLOCK_CHARS", block_chars)
+        assert list(build_raw.Table(path, ",", ())) == expected, name
+
+
+def test_build_reads_crlf_quoted_metadata_without_optional_columns(tmp_path):
+    rows = [dict(r) for r in sample_rows() if r["split"] in ("val", "val_unseen")][:12]
+    for r in rows:
+        del r["chunk"], r["dna_bin"]  # optional columns (no chunk folders for the evaluation splits)
+    rows[2]["species"] = 'Aedes "quoted", species'
+    root = tmp_path / "raw"
+    for r in rows:
+        src = image_path(sample_root(), dict(r, chunk=""))
+        dst = image_path(root, dict(r, chunk=""))
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+    meta = root / METADATA_5M
+    meta.parent.mkdir(parents=True, exist_ok=True)
+    with open(meta, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\r\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    report = build_5m(root, tmp_path / "crlf.hdf5", workers=2)
+    assert report.metadata_rows == 12 and report.rows_written == 12
+    h5 = BioscanH5(tmp_path / "crlf.hdf5")
+    got = {}
+    for name in ("val_seen", "val_unseen"):
+        g = h5.group(name)
+        for pid, species, dna_bin in zip(g.sample_ids(), g.strings("species"), g.strings("dna_bin")):
+            got[pid] = (species, dna_bin)
+    assert got == {r["processid"]: (r["species"] or "not_classified", "") for r in rows}
+
+
+def test_read_file_reads_large_files_whole(tmp_path):
+    from bioclip_cli.data.build_raw import read_file
+
+    data = np.random.default_rng(0).bytes((1 << 20) * 2 + 123)
+    (tmp_path / "big.jpg").write_bytes(data)
+    (tmp_path / "exact.jpg").write_bytes(data[: 1 << 20])
+    assert read_file(str(tmp_path / "big.jpg")) == data
+    assert read_file(str(tmp_path / "exact.jpg")) == data[: 1 << 20]
+    with pytest.raises(FileNotFoundError):
+        read_file(str(tmp_path / "none.jpg"))

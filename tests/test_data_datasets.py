@@ -13,7 +13,7 @@ from bioclip_cli.data.datasets import EvalDataset, TrainDataset, collate, item_s
 from bioclip_cli.data.dna import kmer_tokenize
 from bioclip_cli.data.hdf5 import BioscanH5
 from bioclip_cli.data.hdf5_writer import write_groups
-from bioclip_cli.data.images import EvalTransform
+from bioclip_cli.data.images import EvalTransform, TrainTransform
 from bioclip_cli.data.sample import sample_root
 from bioclip_cli.errors import DataError
 from bioclip_cli.workflows.build_hdf5 import build_5m
@@ -40,6 +40,8 @@ def test_train_item_and_collate(sample_h5, tiny):
     assert set(item) == {"index", "image", "dna", "dna_mask", "text", "text_mask", "text_type"}
     assert item["index"] == 5
     assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
+    expected = TrainTransform(tiny.data.image)(reader.image_bytes(5), item_seed(tiny.train.seed, 0, 5))
+    assert torch.equal(item["image"], expected)
     ids, mask = kmer_tokenize([reader.string("barcode", 5)])
     assert np.array_equal(item["dna"], ids[0]) and np.array_equal(item["dna_mask"], mask[0])
     assert np.array_equal(item["text"], reader.language_token_row(5)["input_ids"])
@@ -130,3 +132,37 @@ def test_eval_dataset_labels_ids_and_transform(sample_h5, tiny):
     expected = EvalTransform(tiny.data.image)(reader.image_bytes(2))
     assert torch.equal(ds[2]["image"], expected) and torch.equal(ds[2]["image"], ds[2]["image"])
     assert ds[2]["index"] == 2
+
+
+def test_getitems_is_a_batch_of_items_that_collate_passes_on_without_a_copy(sample_h5, tiny):
+    ds = TrainDataset(sample_h5, TRAIN, tiny)
+    ds.set_epoch(2)
+    rows = [9, 0, 9, 200]
+    items = ds.__getitems__(rows)
+    assert [it["index"] for it in items] == rows
+    for got, i in zip(items, rows):
+        single = ds[i]
+        assert set(got) == set(single)
+        for key in single:
+            assert np.array_equal(np.asarray(got[key]), np.asarray(single[key])), key
+    batch = collate(items)
+    assert batch["image"].data_ptr() == items[0]["image"].data_ptr()  # the items' own batch, not a copy
+    assert batch["image"].shape == (4, 3, 32, 32) and batch["image"].is_contiguous()
+    assert torch.equal(batch["image"], torch.stack([ds[i]["image"] for i in rows]))
+    reordered = collate(items[::-1])  # not in slot order: stacked
+    assert reordered["image"].data_ptr() != batch["image"].data_ptr()
+    assert torch.equal(reordered["image"], batch["image"].flip(0))
+    assert torch.equal(collate(items[1:3])["image"], batch["image"][1:3])
+
+
+def test_normalised_training_images(sample_h5, tiny):
+    image = dataclasses.replace(tiny.data.image, mean=[0.5, 0.4, 0.3], std=[0.25, 0.2, 0.3])
+    norm_cfg = dataclasses.replace(tiny, data=dataclasses.replace(tiny.data, image=image))
+    plain, norm = TrainDataset(sample_h5, TRAIN, tiny), TrainDataset(sample_h5, TRAIN, norm_cfg)
+    a, b = plain.__getitems__([9, 3]), norm.__getitems__([9, 3])
+    mean, std = torch.tensor(image.mean).view(3, 1, 1), torch.tensor(image.std).view(3, 1, 1)
+    for x, y in zip(a, b):
+        assert torch.equal(y["image"], (x["image"] - mean) / std)
+    reader = BioscanH5(sample_h5).group(TRAIN)
+    expected = TrainTransform(image)(reader.image_bytes(3), item_seed(tiny.train.seed, 0, 3))
+    assert torch.equal(b[1]["image"], expected)

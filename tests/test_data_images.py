@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from bioclip_cli.config.schema import ImageDataConfig
 from bioclip_cli.data.images import (
@@ -190,3 +190,56 @@ def test_fused_flip_rotation_equals_pillow_steps(angle, hflip, vflip):
     matrix = flip_rotate_matrix(64, angle, hflip, vflip)
     got = img.transform((64, 64), Image.Transform.AFFINE, matrix, resample=Image.Resampling.NEAREST, fillcolor=0)
     assert np.array_equal(np.asarray(got), np.asarray(ref))
+
+
+def test_train_full_crop_without_flips_or_rotation_is_a_plain_resize():
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8)).filter(
+        ImageFilter.GaussianBlur(2)
+    )
+    cfg = ImageDataConfig(scale=[1.0, 1.0], ratio=[1.0, 1.0], rotation=0.0, hflip=False, vflip=False)
+    tt = TrainTransform(cfg)
+    got = tt(img, 3)
+    expected = reference_eval(img, resize=224, crop=224)  # float, antialiased: within rounding of 8-bit
+    assert got.shape == (3, 224, 224)
+    assert (got - expected).abs().max() < 3 / 255 and (got - expected).abs().mean() < 0.5 / 255
+    # pixels() is the same augmentation in uint8
+    assert torch.equal(torch.from_numpy(np.ascontiguousarray(tt.pixels(img, 3))).float() / 255, got)
+
+
+def test_train_flips_are_exact_and_crops_hit_their_box():
+    img = Image.fromarray(np.random.default_rng(2).integers(0, 256, (256, 256, 3), dtype=np.uint8))
+    base = dict(scale=[1.0, 1.0], ratio=[1.0, 1.0], rotation=0.0, resize=256, crop=256)
+    plain = TrainTransform(ImageDataConfig(**base, hflip=False, vflip=False))
+    seen = set()
+    for seed in range(12):
+        ref = plain(img, seed)
+        assert torch.equal(ref, to_tensor(img))  # full square crop at full size: the image itself
+        got = TrainTransform(ImageDataConfig(**base, hflip=True, vflip=True))(img, seed)
+        for name, flipped in {
+            "none": ref,
+            "h": ref.flip(-1),
+            "v": ref.flip(-2),
+            "hv": ref.flip(-1).flip(-2),
+        }.items():
+            if torch.equal(got, flipped):
+                seen.add(name)
+    assert seen == {"none", "h", "v", "hv"}
+    # a 512 x 384 ramp: Resize(256) halves it (x/2 -> value); every random crop lands on its own box
+    ramp = np.tile(np.linspace(0, 255, 512, dtype=np.float32), (384, 1))
+    src = Image.fromarray(np.stack([ramp] * 3, axis=-1).round().astype(np.uint8))
+    cfg = ImageDataConfig(scale=[0.1, 0.5], rotation=0.0, hflip=False, vflip=False, draft=False)
+    tt = TrainTransform(cfg)
+    for seed in range(8):
+        u = torch.rand(51, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).tolist()
+        top, left, h, w = tt.crop_box(256, 341, u[:40])
+        expected = ramp[:, int(left * 512 / 341) : int((left + w) * 512 / 341)].mean() / 255
+        assert abs(tt(src, seed)[0].mean().item() - expected) < 2 / 255
+
+
+def test_quarter_turn_matrix_is_rot90():
+    a = np.random.default_rng(3).integers(0, 256, (64, 64), dtype=np.uint8)
+    img = Image.fromarray(a)
+    for angle, k in ((90.0, 1), (-90.0, -1), (180.0, 2)):
+        matrix = flip_rotate_matrix(64, angle, False, False)
+        got = img.transform((64, 64), Image.Transform.AFFINE, matrix, resample=Image.Resampling.NEAREST, fillcolor=0)
+        assert np.array_equal(np.asarray(got), np.rot90(a, k))

@@ -4,6 +4,12 @@ An item is a dict with only the modalities asked for: ``index`` (the row, which 
 label: only the paired sample is a positive), ``image`` [3, H, W], ``dna``/``dna_mask`` [T],
 ``text``/``text_mask``/``text_type`` [L]. :func:`collate` stacks items into exactly those keys.
 
+``__getitems__`` (what a DataLoader with automatic batching calls with each batch's indices) returns the
+same items as ``[ds[i] for i in indices]``, made batch-wise: every image is converted straight into its
+slot of one float32 [B, 3, H, W] tensor (in shared memory inside a DataLoader worker) and the item's
+``image`` is that slot, so :func:`collate` hands the batch on without copying it; the barcodes are
+tokenised in one call.
+
 - :class:`TrainDataset`: the training augmentation, deterministic per item: the seed of row `i` in epoch
   `e` is derived from (seed, e, i), so a run gives the same batches with any number of workers.
   Call :meth:`TrainDataset.set_epoch` before each epoch (with non-persistent workers).
@@ -17,6 +23,7 @@ them with the configured length (compat); otherwise the taxonomy strings are tok
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -92,12 +99,20 @@ class _GroupDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.reader)
 
-    def _image(self, index: int, item_rng) -> torch.Tensor:
+    def _seed(self, index: int) -> int | None:
+        """The augmentation seed of row `index` (None: no random augmentation)."""
+        return None
+
+    def _image_into(self, slot: torch.Tensor, index: int) -> None:
+        """Decode and transform row `index`'s image into `slot` (float32 [3, crop, crop])."""
         data = self.reader.image_bytes(index)
         try:
             if not data:
                 raise ValueError("no image bytes")
-            return self.transform(data, item_rng) if self.train else self.transform(data)
+            if self.train:
+                self.transform.into(slot.numpy(), data, self._seed(index))
+            else:
+                slot.copy_(self.transform(data))
         except (OSError, ValueError) as exc:  # PIL.UnidentifiedImageError is an OSError
             raise DataError(
                 self.h5.path,
@@ -105,25 +120,38 @@ class _GroupDataset(torch.utils.data.Dataset):
                 "rebuild the file with `bioclip build-hdf5` (bad images are skipped and listed)",
             ) from exc
 
-    def _item(self, index: int, item_rng=None) -> dict:
-        item: dict = {"index": index}
+    def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+        """The items of several rows, equal to ``[self[i] for i in indices]``, made batch-wise (module doc)."""
+        rows = [int(i) for i in indices]
+        items: list[dict] = [{"index": i} for i in rows]
         if "image" in self.modalities:
-            item["image"] = self._image(index, item_rng)
+            size = self.cfg.data.image.crop
+            batch = new_float_batch((len(rows), 3, size, size))
+            for item, slot in zip(items, batch):
+                self._image_into(slot, item["index"])
+                item["image"] = slot
         if "dna" in self.modalities:
             d = self.cfg.data.dna
-            ids, mask = kmer_tokenize([self.reader.string("barcode", index)], d.k, d.max_len, d.prefix_id)
-            item["dna"], item["dna_mask"] = ids[0], mask[0]
+            barcodes = [self.reader.string("barcode", i) for i in rows]
+            ids, mask = kmer_tokenize(barcodes, d.k, d.max_len, d.prefix_id)
+            for item, row_ids, row_mask in zip(items, ids, mask):
+                item["dna"], item["dna_mask"] = row_ids, row_mask
         if "text" in self.modalities:
-            if self.stored_text:
-                tokens = self.reader.language_token_row(index)
-                item["text"], item["text_mask"] = tokens["input_ids"], tokens["attention_mask"]
-                item["text_type"] = tokens["token_type_ids"]
-            else:
-                code = self._text_codes[index]
-                item["text"] = self._text_tokens["input_ids"][code]
-                item["text_mask"] = self._text_tokens["attention_mask"][code]
-                item["text_type"] = self._text_tokens["token_type_ids"][code]
-        return item
+            for item in items:
+                index = item["index"]
+                if self.stored_text:
+                    tokens = self.reader.language_token_row(index)
+                    item["text"], item["text_mask"] = tokens["input_ids"], tokens["attention_mask"]
+                    item["text_type"] = tokens["token_type_ids"]
+                else:
+                    code = self._text_codes[index]
+                    item["text"] = self._text_tokens["input_ids"][code]
+                    item["text_mask"] = self._text_tokens["attention_mask"][code]
+                    item["text_type"] = self._text_tokens["token_type_ids"][code]
+        return items
+
+    def __getitem__(self, index: int) -> dict:
+        return self.__getitems__([index])[0]
 
 
 class TrainDataset(_GroupDataset):
@@ -147,9 +175,8 @@ class TrainDataset(_GroupDataset):
         """Change the augmentation of every item (call before iterating an epoch)."""
         self.epoch = int(epoch)
 
-    def __getitem__(self, index: int) -> dict:
-        index = int(index)
-        return self._item(index, item_seed(self.seed, self.epoch, index))
+    def _seed(self, index: int) -> int:
+        return item_seed(self.seed, self.epoch, index)
 
 
 class EvalDataset(_GroupDataset):
@@ -181,20 +208,51 @@ class EvalDataset(_GroupDataset):
         labels = self.labels
         return [dict(zip(LEVELS, values)) for values in zip(*(labels[level].tolist() for level in LEVELS))]
 
-    def __getitem__(self, index: int) -> dict:
-        return self._item(int(index))
-
 
 def collate(items: Sequence[dict]) -> dict[str, torch.Tensor]:
     """Stack items: ``index`` LongTensor [B]; ``image`` [B,3,H,W]; ``dna``, ``dna_mask`` [B,T];
-    ``text``, ``text_mask``, ``text_type`` [B,L] (only the keys the items carry)."""
+    ``text``, ``text_mask``, ``text_type`` [B,L] (only the keys the items carry).
+
+    Images that are the consecutive slots of one batch (the items of a ``__getitems__`` call, in order)
+    are returned as that batch, without a copy; any other images are stacked."""
     if not items:
         raise ValueError("collate() needs at least one item")
     out = {"index": torch.tensor([it["index"] for it in items], dtype=torch.long)}
     first = items[0]
     if "image" in first:
-        out["image"] = torch.stack([it["image"] for it in items])
+        images = [it["image"] for it in items]
+        batch = _enclosing_batch(images)
+        out["image"] = batch if batch is not None else torch.stack(images)
     for key in ("dna", "dna_mask", "text", "text_mask", "text_type"):
         if key in first:
             out[key] = torch.from_numpy(np.stack([it[key] for it in items]).astype(np.int64, copy=False))
     return out
+
+
+def new_float_batch(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised float32 tensor; in a DataLoader worker it lives in shared memory (as torch's default
+    collate allocates its batches), so it reaches the main process without another copy."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.float32)
+    proto = torch.empty(0, dtype=torch.float32)
+    storage = proto._typed_storage()._new_shared(math.prod(shape), device=proto.device)
+    return proto.new(storage).resize_(shape)
+
+
+def _enclosing_batch(images: Sequence) -> torch.Tensor | None:
+    """The [B, ...] tensor whose consecutive slots `images` are, in order, or None."""
+    first = images[0]
+    if not isinstance(first, torch.Tensor) or not first.is_contiguous():
+        return None
+    n, start, ptr = first.numel(), first.storage_offset(), first.untyped_storage().data_ptr()
+    for i, img in enumerate(images):
+        if (
+            not isinstance(img, torch.Tensor)
+            or img.dtype != first.dtype
+            or img.shape != first.shape
+            or not img.is_contiguous()
+            or img.untyped_storage().data_ptr() != ptr
+            or img.storage_offset() != start + i * n
+        ):
+            return None
+    return first.as_strided((len(images), *first.shape), (n, *first.stride()), start)

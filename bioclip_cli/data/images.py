@@ -8,8 +8,10 @@
   centre crop; optional mean/std.
 - :class:`TrainTransform`: Resize -> RandomResizedCrop -> horizontal flip -> vertical flip -> rotation
   (nearest, black fill) -> optional colour jitter. The geometric steps run on 8-bit pixels in Pillow's C
-  code (the resize and the crop are fused into one resample); all randomness comes from one draw of a
-  seeded torch generator, so an item's augmentation depends only on its seed.
+  code in two resamples: Resize and the crop in one antialiased bilinear resize of the crop box, then
+  the flips and the rotation in one nearest-neighbour affine. All randomness comes from one draw of a
+  seeded torch generator, so an item's augmentation depends only on its seed. :meth:`TrainTransform.into`
+  writes the float result straight into a slot of a batch.
 """
 
 from __future__ import annotations
@@ -144,7 +146,12 @@ def flip_rotate_matrix(size: int, degrees: float, hflip: bool, vflip: bool) -> l
 
 
 class TrainTransform:
-    """The training augmentation of SPEC §3: bytes or PIL image (+ seed or generator) -> [3, crop, crop]."""
+    """The training augmentation of SPEC §3: bytes or PIL image (+ seed or generator) -> [3, crop, crop].
+
+    ``transform(image, seed)`` gives float32 pixels (normalised when configured); :meth:`into` writes them
+    into a given array (a slot of a batch: no per-item tensor); :meth:`pixels` is the same augmentation in
+    uint8, before the float conversion.
+    """
 
     def __init__(self, cfg: ImageDataConfig | None = None):
         self.cfg = cfg or ImageDataConfig()
@@ -152,6 +159,32 @@ class TrainTransform:
         self._log_ratio = (math.log(self.cfg.ratio[0]), math.log(self.cfg.ratio[1]))
 
     def __call__(self, image: bytes | Image.Image, generator: torch.Generator | int | None = None) -> torch.Tensor:
+        size = self.cfg.crop
+        return torch.from_numpy(self.into(np.empty((3, size, size), dtype=np.float32), image, generator))
+
+    def into(
+        self, out: np.ndarray, image: bytes | Image.Image, generator: torch.Generator | int | None = None
+    ) -> np.ndarray:
+        """Write the augmented image into `out`, a float32 array [3, crop, crop]: pixels / 255, then
+        ``(x - mean) / std`` when configured (the same float32 operations as the eval transform). Returns `out`."""
+        out[...] = self._augment(image, generator, np.asarray).transpose(2, 0, 1)  # uint8 -> float32: exact
+        np.divide(out, np.float32(255), out=out)
+        norm = self._normalize
+        if norm.mean is not None:
+            np.subtract(out, norm.mean, out=out)
+            np.divide(out, norm.std, out=out)
+        return out
+
+    def pixels(self, image: bytes | Image.Image, generator: torch.Generator | int | None = None) -> np.ndarray:
+        """The augmented image as uint8 [3, crop, crop] (float pixels = this / 255): a writable view of
+        channels-last memory (``np.ascontiguousarray`` makes it planar)."""
+        return self.augment(image, generator).transpose(2, 0, 1)
+
+    def augment(self, image: bytes | Image.Image, generator: torch.Generator | int | None = None) -> np.ndarray:
+        """The augmented image as a writable uint8 array [crop, crop, 3] (H, W, RGB)."""
+        return self._augment(image, generator, np.array)
+
+    def _augment(self, image, generator, to_array) -> np.ndarray:
         cfg = self.cfg
         if isinstance(image, (bytes, bytearray, memoryview)):
             image = decode_image(bytes(image), min_side=cfg.resize if cfg.draft else None)
@@ -159,31 +192,31 @@ class TrainTransform:
             image = to_rgb(image)
         u = torch.rand(_N_DRAWS, generator=make_generator(generator), dtype=torch.float64).tolist()
         w, h = image.size
-        rh, rw = resized_size(h, w, cfg.resize)  # Resize(resize): fused into the crop's resample below
+        rh, rw = resized_size(h, w, cfg.resize)
         top, left, ch, cw = self.crop_box(rh, rw, u[:40])
+        # Resize(resize) and RandomResizedCrop in one antialiased bilinear resample of the (drafted) decode:
+        # the crop box is mapped to source pixels exactly (no rounding), in Pillow's 8-bit C code
         sx, sy = w / rw, h / rh
-        x0, y0 = int(round(left * sx)), int(round(top * sy))
-        x1, y1 = max(x0 + 1, int(round((left + cw) * sx))), max(y0 + 1, int(round((top + ch) * sy)))
-        # the crop as uint8 NCHW in channels-last memory: torch's fast antialiased bilinear path
-        pixels = torch.from_numpy(np.array(image.crop((x0, y0, x1, y1)))).permute(2, 0, 1)[None]
+        box = (left * sx, top * sy, min(w, (left + cw) * sx), min(h, (top + ch) * sy))
         size = (cfg.crop, cfg.crop)
-        resized = F.interpolate(pixels, size=size, mode="bilinear", antialias=True, align_corners=False)
-        # flips and rotation as one nearest-neighbour affine resample per 8-bit channel plane (no HWC copy of
-        # torch's NCHW output); the same pixels as Pillow's transpose(...) then rotate(angle, NEAREST)
-        planes = [Image.frombuffer("L", size, plane, "raw", "L", 0, 1) for plane in resized[0].numpy()]
+        out = image.resize(size, Image.Resampling.BILINEAR, box=box, reducing_gap=None)
         hflip = cfg.hflip and u[40] < 0.5
         vflip = cfg.vflip and u[41] < 0.5
         angle = (2 * u[42] - 1) * cfg.rotation if cfg.rotation > 0 else 0.0
-        if hflip or vflip or angle:
+        if angle:
+            # flips and rotation as one nearest-neighbour affine resample: the same pixels as Pillow's
+            # transpose(...) then rotate(angle, NEAREST), black fill
             matrix = flip_rotate_matrix(cfg.crop, angle, hflip, vflip)
-            planes = [
-                p.transform(size, Image.Transform.AFFINE, matrix, resample=Image.Resampling.NEAREST, fillcolor=0)
-                for p in planes
-            ]
+            out = out.transform(size, Image.Transform.AFFINE, matrix, resample=Image.Resampling.NEAREST, fillcolor=0)
+        elif hflip and vflip:
+            out = out.transpose(Image.Transpose.ROTATE_180)
+        elif hflip:
+            out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        elif vflip:
+            out = out.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
         if cfg.color_jitter > 0:
-            planes = list(self._jitter(Image.merge("RGB", planes), u[43:]).split())
-        chw = np.divide(np.stack([np.asarray(p) for p in planes]), np.float32(255), dtype=np.float32)
-        return self._normalize(chw)
+            out = self._jitter(out, u[43:])
+        return to_array(out)  # np.asarray: read-only, one copy less
 
     def crop_box(self, height: int, width: int, u: list[float]) -> tuple[int, int, int, int]:
         """RandomResizedCrop's (top, left, h, w) from 40 uniforms: 10 tries, then the central fallback."""

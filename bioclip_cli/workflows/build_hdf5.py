@@ -21,6 +21,8 @@ from bioclip_cli import __version__
 from bioclip_cli.data.build_raw import (
     GROUPS_1M,
     SPLITS_5M,
+    STRINGS_1M,
+    STRINGS_5M,
     ProblemLog,
     RawRecord,
     Release1M,
@@ -28,6 +30,7 @@ from bioclip_cli.data.build_raw import (
     barcode_problem,
     check_jpeg,
     groups_for_splits,
+    read_file,
     reencode_jpeg,
 )
 from bioclip_cli.data.hdf5_writer import BioscanH5Writer
@@ -35,8 +38,6 @@ from bioclip_cli.data.taxonomy import LEVELS, NOT_CLASSIFIED, load_text_tokenize
 from bioclip_cli.errors import DataError
 from bioclip_cli.progress import progress_bar
 
-STRINGS_5M = ("barcode", *LEVELS, "sampleid", "image_file", "processid", "dna_bin")
-STRINGS_1M = ("barcode", *LEVELS, "sampleid", "image_file", "dna_bin")
 BATCH_ROWS = 256  # metadata rows per read/check task
 FLUSH_ROWS = 2048  # rows buffered per group before an HDF5 append
 
@@ -107,10 +108,12 @@ def build_5m(
 
     def records(log: ProblemLog, report: BuildReport):
         seen: set[str] = set()
-        for row in release.rows():
+        targets = {split: tuple(split_groups[split]) for split in selected if split_groups.get(split)}
+        make = release.make_record
+        for cells in release.cells(release.table()):
             report.metadata_rows += 1
-            pid = (row.get("processid") or "").strip()
-            split = (row.get("split") or "").strip()
+            pid = cells[0].strip()
+            split = cells[1].strip()
             if not pid:
                 log.add("missing_processid", f"line {report.metadata_rows + 1}", "skipped")
                 yield None
@@ -120,15 +123,15 @@ def build_5m(
                 yield None
                 continue
             seen.add(pid)
-            if split not in SPLITS_5M:
-                log.add("unknown_split", pid, "in no group", f"split={split!r}")
+            groups = targets.get(split)
+            if groups is None:
+                if split not in SPLITS_5M:
+                    log.add("unknown_split", pid, "in no group", f"split={split!r}")
+                else:
+                    report.rows_not_selected += 1
                 yield None
                 continue
-            if split not in selected or not split_groups.get(split):
-                report.rows_not_selected += 1
-                yield None
-                continue
-            yield release.record(row, tuple(split_groups[split]))
+            yield make(cells, groups)
 
     report = BuildReport(out=str(out), dataset="5m", root=str(Path(root)))
     report.groups_skipped = [g for g in (groups_for_splits(None)) if g not in groups]
@@ -226,22 +229,21 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise DataError(out, f"{out} already exists; it is kept", "pass --overwrite to replace it")
 
 
-def _load(batch: list[RawRecord], decode: bool, reencode_quality: int | None) -> list[tuple]:
-    """Read and check the image files of a batch (runs in a worker thread): (bytes, problem kind, detail)."""
+def _load(paths: list[str], decode: bool, reencode_quality: int | None) -> list[tuple]:
+    """Read and check a batch of image files (runs in a worker thread): (bytes, problem kind, detail)."""
     out = []
-    for rec in batch:
+    for path in paths:
         try:
-            with open(rec.image_path, "rb") as fh:
-                data = fh.read()
+            data = read_file(path)
         except FileNotFoundError:
-            out.append((None, "missing_image", str(rec.image_path)))
+            out.append((None, "missing_image", path))
             continue
         except OSError as exc:
-            out.append((None, "unreadable_image", f"{rec.image_path}: {exc}"))
+            out.append((None, "unreadable_image", f"{path}: {exc}"))
             continue
         problem = check_jpeg(data, decode=decode or reencode_quality is not None)
         if problem is not None:
-            out.append((None, "bad_image", f"{problem}: {rec.image_path}"))
+            out.append((None, "bad_image", f"{problem}: {path}"))
             continue
         if reencode_quality is not None:
             data = reencode_jpeg(data, reencode_quality)
@@ -292,7 +294,7 @@ def _build(
         "text_tokenizer": text_tokenizer or "",
     }
     start = time.perf_counter()
-    buffers: dict[str, list[tuple[dict, bytes]]] = {g: [] for g in group_names}
+    buffers: dict[str, list[tuple[tuple[str, ...], bytes]]] = {g: [] for g in group_names}
     missing_ranks = dict.fromkeys(LEVELS, 0)
     decode = check_images == "decode"
     try:
@@ -305,13 +307,18 @@ def _build(
                 writer.group(name)
             pending: deque = deque()
 
+            def flush(group: str) -> None:
+                _flush(writer, group, buffers[group], string_columns, tokenizer, text_max_len)
+
             def consume() -> None:
                 batch, future, n_rows = pending.popleft()
                 loaded = future.result()
-                _store(
-                    batch, loaded, buffers, writer, log, tokenizer, text_max_len, on_bad_image, missing_ranks, report
-                )
+                _store(batch, loaded, buffers, writer, log, on_bad_image, missing_ranks, report, flush)
                 bar.advance(n_rows)
+
+            def submit(batch: list[RawRecord], n_rows: int) -> None:
+                paths = [rec.image_path for rec in batch]
+                pending.append((batch, pool.submit(_load, paths, decode, reencode_quality), n_rows))
 
             batch: list[RawRecord] = []
             n_rows = 0
@@ -320,15 +327,15 @@ def _build(
                 if rec is not None:
                     batch.append(rec)
                 if len(batch) >= BATCH_ROWS or n_rows >= 8 * BATCH_ROWS:
-                    pending.append((batch, pool.submit(_load, batch, decode, reencode_quality), n_rows))
+                    submit(batch, n_rows)
                     batch, n_rows = [], 0
                     while len(pending) > 2 * workers:
                         consume()
-            pending.append((batch, pool.submit(_load, batch, decode, reencode_quality), n_rows))
+            submit(batch, n_rows)
             while pending:
                 consume()
             for name in group_names:
-                _flush(writer, name, buffers[name], tokenizer, text_max_len)
+                _flush(writer, name, buffers[name], string_columns, tokenizer, text_max_len)
                 writer.group(name).create(string_columns, token_len=text_max_len if tokenizer else None)
             report.groups = {name: len(writer.group(name)) for name in group_names}
         os.replace(partial, out)
@@ -343,7 +350,7 @@ def _build(
     return report
 
 
-def _store(batch, loaded, buffers, writer, log, tokenizer, text_max_len, on_bad_image, missing_ranks, report) -> None:
+def _store(batch, loaded, buffers, writer, log, on_bad_image, missing_ranks, report, flush) -> None:
     """Check a loaded batch, log its problems and queue its good rows in every group they belong to."""
     for rec, (data, kind, detail) in zip(batch, loaded):
         if kind is not None:
@@ -351,30 +358,30 @@ def _store(batch, loaded, buffers, writer, log, tokenizer, text_max_len, on_bad_
                 raise DataError(rec.image_path, f"bad input for {rec.id}: {kind.replace('_', ' ')} ({detail})")
             log.add(kind, rec.id, "skipped", detail)
             continue
-        strings = rec.strings
-        issue = barcode_problem(strings["barcode"])
+        values = rec.values  # barcode, order, family, genus, species, ...
+        issue = barcode_problem(values[0])
         if issue:
-            log.add(issue, rec.id, "kept", None if issue == "empty_barcode" else _odd_chars(strings["barcode"]))
-        absent = [level for level in LEVELS if strings[level] == NOT_CLASSIFIED]
-        if absent:
+            log.add(issue, rec.id, "kept", None if issue == "empty_barcode" else _odd_chars(values[0]))
+        if NOT_CLASSIFIED in values[1:5]:
+            absent = [level for level, value in zip(LEVELS, values[1:5]) if value == NOT_CLASSIFIED]
             for level in absent:
                 missing_ranks[level] += 1
             log.add("missing_taxonomy", rec.id, "stored as not_classified", ",".join(absent))
         report.rows_written += 1
         report.image_bytes += len(data)
+        row = (values, data)
         for group in rec.groups:
             buf = buffers[group]
-            buf.append((strings, data))
+            buf.append(row)
             if len(buf) >= FLUSH_ROWS:
-                _flush(writer, group, buf, tokenizer, text_max_len)
+                flush(group)
 
 
-def _flush(writer, group: str, buf: list[tuple[dict, bytes]], tokenizer, text_max_len: int) -> None:
-    """Append the queued rows of one group as columns."""
+def _flush(writer, group: str, buf: list, names: tuple[str, ...], tokenizer, text_max_len: int) -> None:
+    """Append the queued ``(values, image bytes)`` rows of one group as columns."""
     if not buf:
         return
-    names = list(buf[0][0])
-    strings = {name: [row[name] for row, _ in buf] for name in names}
+    strings = dict(zip(names, zip(*(values for values, _ in buf))))
     images = [data for _, data in buf]
     tokens = None
     if tokenizer is not None:
