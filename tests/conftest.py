@@ -71,3 +71,23 @@ def sample_h5(tmp_path_factory) -> Path:
     finally:
         set_quiet(quiet)
     return out
+
+
+DEMO_TEST_EPOCHS = 12  # the demo preset's first 12 epochs: a clear gain over the untrained model, in about a minute
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> dict:
+    """`bioclip demo` run once per session as the installed command (fixed seed, DEMO_TEST_EPOCHS epochs).
+
+    Returns {"out": run directory, "json": the --json summary path, "result": CompletedProcess}. Shared by
+    the demo and predict tests: read it, never modify it (copy it first).
+    """
+    root = tmp_path_factory.mktemp("demo")
+    out, summary = root / "runs" / "demo", root / "demo-summary.json"
+    env = {"BIOCLIP_QUIET": "1", "NO_COLOR": "1", "COLUMNS": "200", "TERM": "dumb", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(root / "hf"), "WANDB_MODE": "disabled"}  # fmt: skip
+    result = run_cli(
+        "demo", "--out", str(out), "--epochs", str(DEMO_TEST_EPOCHS), "--json", str(summary), cwd=root, env=env
+    )
+    return {"out": out, "json": summary, "result": result}

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import bioclip_exe, run_cli
 
 COMMANDS = ["download", "build-hdf5", "train", "embed", "eval", "presets", "inspect", "demo", "predict"]

@@ -3,27 +3,114 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
-from bioclip_cli.cli.options import RunOpt, examples
-from bioclip_cli.errors import NotAvailableYet
+from bioclip_cli.cli.options import DeviceOpt, RunOpt, examples
 
 EXAMPLES = examples(
     "bioclip predict specimen.jpg --run runs/demo",
-    "bioclip predict a.jpg b.jpg --run runs/idt-5m --k 5 --format csv",
+    "bioclip predict a.jpg b.jpg --run runs/idt-5m --k 5 --format csv --output predictions.csv",
     "bioclip predict --dna-fasta barcodes.fasta --run runs/idt-5m --format json",
+    "bioclip predict photo.jpg --dna ACGT... --run runs/idt-5m   # photograph + its barcode, averaged",
 )
+
+
+def _table(result) -> None:
+    from bioclip_cli.cli import output
+    from bioclip_cli.config.schema import LEVELS
+
+    for p in result.predictions:
+        if not p.ok:
+            continue
+        rows = [{"rank": n["rank"], "similarity": n["similarity"], "sample id": n["sample_id"],
+                 **{lv: n.get(lv) for lv in LEVELS}} for n in p.neighbors]  # fmt: skip
+        votes = {lv: f"{c['label']} ({c['votes']}/{len(p.neighbors)})" for lv, c in p.consensus.items()}
+        rows.append({"rank": "", "similarity": "", "sample id": "consensus (votes)", **votes})
+        output.print_table(rows, title=f"{p.input}  ({p.query} query vs {p.key} keys)")
+        for note in p.notes:
+            output.warning(f"{p.input}: {note}")
+
+
+def _csv_text(rows: list[dict], columns) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
 
 
 def command(
     images: Annotated[list[Path] | None, typer.Argument(help="Specimen photographs.", show_default=False)] = None,
     run: RunOpt = None,
-    dna: Annotated[list[str] | None, typer.Option("--dna", help="A DNA barcode (repeatable).", show_default=False)] = None,
-    dna_fasta: Annotated[Path | None, typer.Option("--dna-fasta", help="FASTA file of barcodes.", show_default=False)] = None,
+    dna: Annotated[
+        list[str] | None, typer.Option("--dna", help="A DNA barcode (repeatable).", show_default=False)
+    ] = None,
+    dna_fasta: Annotated[
+        Path | None, typer.Option("--dna-fasta", help="FASTA file of barcodes.", show_default=False)
+    ] = None,
     k: Annotated[int, typer.Option("--k", help="Nearest reference specimens to show.")] = 5,
-    format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+    key: Annotated[
+        Literal["auto", "image", "dna", "text", "avg", "all"],
+        typer.Option("--key", help="Key embeddings to search; auto: image->image, DNA->DNA, both->averaged."),
+    ] = "auto",
+    format: Annotated[Literal["table", "csv", "json"], typer.Option("--format", help="table, csv or json.")] = "table",
+    output_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Also write the results to this file (.json: JSON, else CSV).", show_default=False
+        ),
+    ] = None,
+    device: DeviceOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Inputs embedded per batch.")] = 32,
+    which: Annotated[str, typer.Option("--which", help="Checkpoint of the run: best or last.")] = "best",
 ) -> None:
-    """Embed the inputs and list the top-k nearest reference specimens with taxonomy and a consensus label."""
-    raise NotAvailableYet("bioclip predict (specimen identification)")
+    """Embed photographs and/or barcodes with a run's model and list the k nearest reference specimens of its keys.
+
+    With photographs and barcodes together, the i-th barcode belongs to the i-th photograph and the query is
+    their averaged embedding. The consensus label per level is the majority among the k neighbours
+    (not_classified neighbours do not vote; ties go to the larger summed similarity, then the nearer one).
+    An unreadable photograph or an invalid barcode fails that input only; the exit code is then 1.
+    """
+    from bioclip_cli.cli import output
+    from bioclip_cli.errors import BioclipError
+    from bioclip_cli.workflows.predict import ROW_COLUMNS, predict
+
+    if run is None:
+        raise BioclipError("--run is required: the run whose model and key embeddings identify the specimens",
+                           "bioclip predict specimen.jpg --run runs/demo")  # fmt: skip
+    result = predict(
+        run, images or [], dna or [], dna_fasta, k=k, key=key, device=device, batch_size=batch_size, which=which
+    )
+    for note in result.notes:
+        output.warning(note)
+    if format == "table":
+        _table(result)
+    elif format == "csv":
+        output.console.print(_csv_text(result.rows(), ROW_COLUMNS), markup=False, highlight=False, emoji=False,
+                             soft_wrap=True, end="")  # fmt: skip
+    else:
+        import json
+
+        output.console.print(json.dumps(result.to_dict(), indent=2), markup=False, highlight=False, emoji=False,
+                             soft_wrap=True)  # fmt: skip
+    if output_file is not None:
+        if output_file.suffix.lower() == ".json":
+            output.write_json(output_file, result.to_dict())
+        else:
+            output.write_csv(output_file, result.rows(), ROW_COLUMNS)
+        output.info(f"wrote {output_file}")
+    failed = result.failed
+    for p in failed:
+        output.warning(f"{p.input}: {p.error}")
+    if failed:
+        names = ", ".join(p.input for p in failed[:3]) + (" ..." if len(failed) > 3 else "")
+        rest = "; the others are listed above" if len(failed) < len(result.predictions) else ""
+        raise BioclipError(
+            f"{len(failed)} of {len(result.predictions)} input(s) could not be identified ({names}){rest}",
+            "fix or remove the inputs named in the warnings",
+        )

@@ -1,0 +1,443 @@
+"""`bioclip predict`: identify new specimens by their nearest reference specimens in a run's key embeddings.
+
+Inputs are photographs, DNA barcodes, or both (paired in order: the i-th barcode belongs to the i-th
+photograph). They are prepared exactly as the evaluation prepares its queries, with the run's own settings:
+images through :class:`~bioclip_cli.data.images.EvalTransform` (`data.image`), barcodes through
+:func:`~bioclip_cli.data.dna.kmer_tokenize` (`data.dna`) after whitespace is removed and letters are
+upper-cased. The run's model (its `config.yaml` + `checkpoints/best`) embeds them, and an exact cosine
+search (:class:`~bioclip_cli.retrieval.search.FlatIndex`) finds the k nearest rows of the run's key
+embeddings (`embeddings/extracted_feature_from_val_split.hdf5`, group `key`; taxonomy from
+`labels_val.json`, sample ids from the file).
+
+Which keys a query searches (`key="auto"`): image queries the image keys, DNA queries the DNA keys, and a
+photograph with its barcode, embedded as (image + DNA) / 2, the `averaged_feature` keys. Any query can
+search another key feature instead (e.g. `key="dna"`: photographs against the reference barcodes).
+
+Consensus label per level (:func:`consensus`): each of the k neighbours votes for its label at that level;
+neighbours whose label there is `not_classified` do not vote. The label with most votes wins; a tie goes to
+the label whose voters have the larger summed similarity, and a remaining tie to the label of the nearer
+neighbour. With no vote at all the consensus is `not_classified`. Votes are reported with it (e.g. 4/5).
+
+A photograph that cannot be read or a barcode that cannot be embedded fails that input only; the others
+are still predicted, and :attr:`PredictResult.failed` lists what failed and why.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bioclip_cli.config.schema import LEVELS
+from bioclip_cli.data.embedding_file import FEATURE_DATASETS, embedding_file_paths, read_embedding_file
+from bioclip_cli.data.fasta import barcode_problem, clean_barcode, read_fasta
+from bioclip_cli.data.taxonomy import NOT_CLASSIFIED
+from bioclip_cli.errors import BioclipError, DataError
+from bioclip_cli.workflows.run_dir import resolve_run, run_checkpoint
+
+KEY_FEATURES: tuple[str, ...] = ("auto", "image", "dna", "text", "avg", "all")
+AUTO_KEYS = {"image": "image", "dna": "dna", "avg": "avg"}  # query feature -> key feature under key="auto"
+CONSENSUS_RULE = (
+    "majority vote of the k neighbours per level (not_classified neighbours do not vote); "
+    "ties: larger summed similarity, then the nearer neighbour"
+)
+
+
+@dataclass
+class QueryInput:
+    """One specimen to identify: a photograph, a barcode, or both."""
+
+    name: str
+    image: Path | None = None
+    dna: str | None = None
+    dna_name: str | None = None  # the FASTA id or `--dna #i` the barcode came from
+
+    @property
+    def feature(self) -> str:
+        """The query feature: image, dna, or avg (both)."""
+        if self.image is not None and self.dna is not None:
+            return "avg"
+        return "image" if self.image is not None else "dna"
+
+
+@dataclass
+class Prediction:
+    """The answer for one input: neighbours best first, the consensus per level, or the error."""
+
+    input: str
+    query: str  # image, dna or avg
+    key: str | None = None  # the key feature searched
+    neighbors: list[dict] = field(default_factory=list)  # rank, sample_id, similarity, order..species
+    consensus: dict[str, dict] = field(default_factory=dict)  # level -> {label, votes, similarity}
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        return {
+            "input": self.input,
+            "query": self.query,
+            "key": self.key,
+            "status": "ok" if self.ok else "failed",
+            "error": self.error,
+            "notes": self.notes,
+            "neighbors": self.neighbors,
+            "consensus": self.consensus,
+        }
+
+
+@dataclass
+class PredictResult:
+    run: Path
+    checkpoint: Path
+    embeddings: Path
+    n_keys: int
+    k: int
+    predictions: list[Prediction]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Prediction]:
+        return [p for p in self.predictions if not p.ok]
+
+    def rows(self) -> list[dict]:
+        """Flat rows for CSV: the neighbours of each input, then a `consensus` row with the votes per level."""
+        rows = []
+        for p in self.predictions:
+            base = {"input": p.input, "query": p.query, "key": p.key}
+            if not p.ok:
+                rows.append({**base, "rank": None, "status": "failed", "error": p.error})
+                continue
+            for n in p.neighbors:
+                rows.append({**base, **n, "status": "ok"})
+            row = {**base, "rank": "consensus", "status": "ok"}
+            for level, c in p.consensus.items():
+                row[level] = c["label"]
+                row[f"{level}_votes"] = c["votes"]
+            rows.append(row)
+        return rows
+
+    def to_dict(self) -> dict:
+        return {
+            "run": str(self.run),
+            "checkpoint": str(self.checkpoint),
+            "embeddings": str(self.embeddings),
+            "n_keys": self.n_keys,
+            "k": self.k,
+            "consensus_rule": CONSENSUS_RULE,
+            "notes": self.notes,
+            "failed": len(self.failed),
+            "predictions": [p.to_dict() for p in self.predictions],
+        }
+
+
+ROW_COLUMNS = ("input", "query", "key", "rank", "sample_id", "similarity", *LEVELS,
+               *(f"{lv}_votes" for lv in LEVELS), "status", "error")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------- inputs
+
+
+def collect_inputs(
+    images: Sequence[str | Path] = (), dna: Sequence[str] = (), dna_fasta: str | Path | None = None
+) -> list[QueryInput]:
+    """The specimens to identify. Barcodes come from `dna` then the FASTA file; with photographs as well,
+    the i-th barcode is paired with the i-th photograph (the counts must match)."""
+    barcodes = [(f"dna #{i + 1}", seq) for i, seq in enumerate(dna)]
+    if dna_fasta is not None:
+        barcodes += [(rec.id, rec.sequence) for rec in read_fasta(dna_fasta)]
+    images = [Path(p) for p in images]
+    if not images and not barcodes:
+        raise BioclipError(
+            "nothing to identify: give photographs, --dna SEQUENCE or --dna-fasta FILE",
+            "bioclip predict specimen.jpg --run runs/demo",
+        )
+    if images and barcodes:
+        if len(images) != len(barcodes):
+            raise BioclipError(
+                f"{len(images)} photograph(s) and {len(barcodes)} barcode(s): with both, each photograph needs its "
+                "barcode (paired in order)",
+                "give as many barcodes as photographs, or predict them in two calls",
+            )
+        return [QueryInput(f"{img} + {name}", img, seq, name) for img, (name, seq) in zip(images, barcodes)]
+    if images:
+        return [QueryInput(str(img), image=img) for img in images]
+    return [QueryInput(name, dna=seq, dna_name=name) for name, seq in barcodes]
+
+
+def _image_tensor(path: Path, transform):
+    """The eval-transformed photograph, or the reason it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None, f"photograph {path} does not exist"
+    except IsADirectoryError:
+        return None, f"{path} is a folder, not a photograph"
+    except OSError as exc:
+        return None, f"cannot read {path} ({exc.strerror or exc})"
+    if not data:
+        return None, f"{path} is empty"
+    try:
+        return transform(data), None
+    except Image.DecompressionBombError:
+        return None, f"{path} is too large an image for Pillow to decode safely"
+    except UnidentifiedImageError:
+        return None, f"{path} is not an image file (Pillow recognises no image format in it)"
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt image data, bad headers
+        return None, f"{path} is a damaged image ({exc})"
+
+
+# ----------------------------------------------------------------------------------------- consensus
+
+
+def consensus(neighbors: Sequence[dict], levels: Sequence[str] = LEVELS) -> dict[str, dict]:
+    """{level: {"label", "votes", "similarity"}} by the module's rule; `neighbors` best first."""
+    out = {}
+    for level in levels:
+        tally: dict[str, list] = {}  # label -> [votes, summed similarity, best rank]
+        for rank, n in enumerate(neighbors):
+            label = n[level]
+            if label == NOT_CLASSIFIED:
+                continue
+            entry = tally.setdefault(label, [0, 0.0, rank])
+            entry[0] += 1
+            entry[1] += float(n["similarity"])
+        if not tally:
+            out[level] = {"label": NOT_CLASSIFIED, "votes": 0, "similarity": 0.0}
+            continue
+        label, (votes, weight, _) = max(tally.items(), key=lambda kv: (kv[1][0], kv[1][1], -kv[1][2]))
+        out[level] = {"label": label, "votes": votes, "similarity": round(weight, 6)}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- core
+
+
+def resolve_device(device: str | None):
+    """A torch device: the one asked for, or the best available (cuda, mps, cpu)."""
+    import torch
+
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise BioclipError(f"unknown device {device!r}", "use cpu, cuda, cuda:N or mps") from None
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count(),
+        "mps": torch.backends.mps.is_available(),
+    }.get(dev.type, False)
+    if not available:
+        raise BioclipError(f"device {device!r} is not available on this machine", "use --device cpu")
+    return dev
+
+
+def _check_embeddings_source(run_root: Path, checkpoint: Path, h5_path: Path, split: str, notes: list[str]) -> None:
+    """Warn when the key embeddings may come from other weights than the checkpoint used for the queries."""
+    redo = f"re-export them with `bioclip embed --run {run_root} --which {checkpoint.name}`"
+    info_path = run_root / "embeddings" / f"embed_{split}.json"
+    try:
+        exported_from = json.loads(info_path.read_text()).get("checkpoint") if info_path.is_file() else None
+    except (OSError, json.JSONDecodeError, AttributeError):
+        exported_from = None
+    if exported_from and Path(exported_from).name in ("best", "last") and Path(exported_from).name != checkpoint.name:
+        notes.append(
+            f"the key embeddings were exported with the {Path(exported_from).name} checkpoint, the queries use "
+            f"{checkpoint.name}; {redo}"
+        )
+    elif (checkpoint / "model.safetensors").stat().st_mtime > h5_path.stat().st_mtime:
+        notes.append(f"{checkpoint} changed after the key embeddings were exported; {redo}")
+
+
+def _prepare(inputs: list[QueryInput], cfg) -> tuple[list[Prediction], dict, dict]:
+    """Predictions to fill, and the inputs prepared as the evaluation prepares them: {index: pixel tensor},
+    {index: cleaned barcode}. An input that cannot be prepared gets its error here (nothing is raised)."""
+    from bioclip_cli.data.images import EvalTransform
+
+    predictions = [Prediction(q.name, q.feature) for q in inputs]
+    transform = EvalTransform(cfg.data.image)
+    d = cfg.data.dna
+    pixels, barcodes = {}, {}
+    for i, q in enumerate(inputs):
+        problems = []
+        if q.image is not None:
+            tensor, problem = _image_tensor(q.image, transform)
+            if problem:
+                problems.append(problem)
+            else:
+                pixels[i] = tensor
+        if q.dna is not None:
+            seq = clean_barcode(q.dna)
+            problem = barcode_problem(seq, d.k, d.max_len)
+            if problem:
+                problems.append(f"barcode {q.dna_name}: {problem}" if q.image is not None else problem)
+            else:
+                barcodes[i] = seq
+                if len(seq) > d.max_len:
+                    predictions[i].notes.append(
+                        f"barcode {q.dna_name} has {len(seq)} nt; the model reads its first {d.max_len} (as in training)"
+                    )
+        if problems:
+            predictions[i].error = "; ".join(problems)
+    return predictions, pixels, barcodes
+
+
+def _embed(cfg, checkpoint: Path, device: str | None, batch_size: int, pixels: dict, barcodes: dict) -> dict:
+    """{"image": {index: unit vector}, "dna": {index: unit vector}} with the run's model, batch by batch."""
+    import torch
+
+    from bioclip_cli.data.dna import kmer_tokenize
+    from bioclip_cli.progress import progress_bar
+    from bioclip_cli.workflows.embed import build_embedding_model
+
+    feats: dict[str, dict[int, np.ndarray]] = {"image": {}, "dna": {}}
+    if not pixels and not barcodes:
+        return feats
+    dev = resolve_device(device)
+    model = build_embedding_model(cfg, checkpoint).to(dev).eval()
+    d = cfg.data.dna
+
+    def image_batch(rows):
+        return model.encode_image(torch.stack([pixels[i] for i in rows]).to(dev))
+
+    def dna_batch(rows):
+        ids, mask = kmer_tokenize([barcodes[i] for i in rows], d.k, d.max_len, d.prefix_id)
+        return model.encode_dna(torch.from_numpy(ids).to(dev), torch.from_numpy(mask).to(dev))
+
+    with progress_bar(len(pixels) + len(barcodes), "Embedding inputs", unit="inputs") as bar, torch.inference_mode():
+        for modality, rows, encode in (("image", list(pixels), image_batch), ("dna", list(barcodes), dna_batch)):
+            for s in range(0, len(rows), batch_size):
+                block = rows[s : s + batch_size]
+                feats[modality].update(zip(block, encode(block).float().cpu().numpy()))
+                bar.advance(len(block))
+    return feats
+
+
+def _search(
+    predictions: list[Prediction], feats: dict, ef, key: str, k: int, device: str | None, run_root: Path
+) -> int:
+    """Fill the neighbours and consensus of every prepared input; returns the number of keys."""
+    from bioclip_cli.retrieval.search import FlatIndex
+
+    n_keys = ef.n_rows("key")
+    if n_keys < 1:
+        raise DataError(ef.h5_path, f"{ef.h5_path.name}: the key group is empty", f"bioclip embed --run {run_root}")
+    labels = ef.labels["key"]
+    ids = ef.sample_ids.get("key")
+    levels = [lv for lv in LEVELS if lv in labels]
+    by_key: dict[str, list[int]] = {}
+    for i, p in enumerate(predictions):
+        if p.ok:
+            by_key.setdefault(AUTO_KEYS[p.query] if key == "auto" else key, []).append(i)
+    for key_feature, rows in by_key.items():
+        index = FlatIndex(np.asarray(ef.dataset("key", key_feature)[()]), device=device or "auto")
+        queries = np.stack([_query_vector(feats, i, predictions[i].query) for i in rows])
+        if queries.shape[1] != index.dim:
+            raise DataError(
+                ef.h5_path,
+                f"the model embeds into {queries.shape[1]} dimensions but {FEATURE_DATASETS[key_feature]} has "
+                f"{index.dim}",
+                f"re-export the embeddings with this run's model: bioclip embed --run {run_root}",
+            )
+        kk = min(k, index.n_keys)
+        scores, neighbors = index.search(queries, kk)
+        for i, row_scores, row_ids in zip(rows, scores, neighbors):
+            p = predictions[i]
+            p.key = key_feature
+            p.neighbors = [
+                _neighbor(r + 1, int(j), float(s), n_keys, labels, ids, levels, stacked=key_feature == "all")
+                for r, (s, j) in enumerate(zip(row_scores, row_ids))
+            ]
+            p.consensus = consensus(p.neighbors, levels)
+            if kk < k:
+                p.notes.append(f"only {kk} reference specimens to search")
+    return n_keys
+
+
+def predict(
+    run: str | Path,
+    images: Sequence[str | Path] = (),
+    dna: Sequence[str] = (),
+    dna_fasta: str | Path | None = None,
+    *,
+    k: int = 5,
+    key: str = "auto",
+    device: str | None = None,
+    batch_size: int = 32,
+    which: str = "best",
+    split: str = "val",
+) -> PredictResult:
+    """Identify photographs and/or barcodes against the key embeddings of run directory `run`.
+
+    `key`: the key feature to search (see the module docstring); `device`: torch device for the model and
+    the search (default: the best available); `which`: the run's best or last checkpoint; `split`: whose
+    exported embeddings hold the keys (the key group is the same for val and test).
+    """
+    from bioclip_cli.config import load_run_config
+
+    if k < 1:
+        raise BioclipError(f"--k must be at least 1, got {k}")
+    if batch_size < 1:
+        raise BioclipError(f"--batch-size must be at least 1, got {batch_size}")
+    if key not in KEY_FEATURES:
+        raise BioclipError(f"--key {key!r} is not a key feature", f"use one of: {', '.join(KEY_FEATURES)}")
+    inputs = collect_inputs(images, dna, dna_fasta)  # cheap checks first: no model is loaded for a usage error
+    rd = resolve_run(run)
+    cfg = load_run_config(rd.config)
+    checkpoint = run_checkpoint(rd, which)
+    h5_path, labels_path = embedding_file_paths(rd.embeddings, split)
+    if not h5_path.is_file() or not labels_path.is_file():
+        missing = h5_path if not h5_path.is_file() else labels_path
+        raise DataError(
+            missing,
+            f"{rd.root} has no reference embeddings to search ({missing} is missing)",
+            f"export them first: bioclip embed --run {rd.root}" + ("" if split == "val" else f" --split {split}"),
+        )
+    for modality, needed in (("image", any(q.image for q in inputs)), ("dna", any(q.dna is not None for q in inputs))):
+        if needed and modality not in cfg.model.modalities:
+            raise BioclipError(
+                f"the model of {rd.root} has no {modality} encoder (modalities: {', '.join(cfg.model.modalities)})",
+                "identify with the inputs this model embeds",
+            )
+    notes: list[str] = []
+    _check_embeddings_source(rd.root, checkpoint, h5_path, split, notes)
+    predictions, pixels, barcodes = _prepare(inputs, cfg)
+    valid = {i for i, p in enumerate(predictions) if p.ok}
+    feats = _embed(
+        cfg, checkpoint, device, batch_size,
+        {i: x for i, x in pixels.items() if i in valid}, {i: s for i, s in barcodes.items() if i in valid},
+    )  # fmt: skip
+    with read_embedding_file(h5_path, labels_path) as ef:
+        n_keys = _search(predictions, feats, ef, key, k, device, rd.root)
+    return PredictResult(rd.root, checkpoint, h5_path, n_keys, k, predictions, notes)
+
+
+def _query_vector(feats: dict[str, dict[int, np.ndarray]], i: int, query: str) -> np.ndarray:
+    if query == "avg":
+        return (feats["image"][i] + feats["dna"][i]) / 2  # as averaged_feature: the mean of the unit embeddings
+    return feats[query][i]
+
+
+_STACKED = ("image", "dna", "text")  # the blocks of all_key_features, in order
+
+
+def _neighbor(rank: int, j: int, similarity: float, n_keys: int, labels, ids, levels, stacked: bool) -> dict:
+    row = j % n_keys
+    sample = str(ids[row]) if ids is not None else f"key row {row}"
+    if stacked:  # all_key_features: the image, DNA and text embeddings of the keys, stacked
+        sample = f"{sample} ({_STACKED[j // n_keys]})"
+    return {"rank": rank, "sample_id": sample, "similarity": round(similarity, 6),
+            **{lv: str(labels[lv][row]) for lv in levels}}  # fmt: skip
