@@ -146,7 +146,7 @@ def run_bench(area: str, mode: str, timeout: float) -> dict:
     """Run one bench in a subprocess: {"result": dict | None, "seconds", "output" (its printed text), "error"}."""
     with tempfile.TemporaryDirectory(prefix=f"bench_{area}_") as tmp:
         out = Path(tmp) / "result.json"
-        env = {**os.environ, "BIOCLIP_QUIET": "1", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "BIOCLIP_QUIET": "1", "PYTHONUNBUFFERED": "1", "NO_COLOR": "1", "COLUMNS": "160"}
         start = time.perf_counter()
         try:
             proc = subprocess.run(
