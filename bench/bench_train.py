@@ -68,7 +68,7 @@ def bare_steps(cfg, steps: int) -> list[float]:
     """Seconds per step of forward + loss + backward + optimizer step on one pre-made batch."""
     from accelerate.utils import set_seed
 
-    from bioclip_cli.data.datasets import TrainDataset, collate
+    from bioclip_cli.data.datasets import TrainDataset, batch_to_device, collate
     from bioclip_cli.models.build import build_model
     from bioclip_cli.models.loss import ClipLoss
     from bioclip_cli.workflows.optim import build_optimizer
@@ -78,7 +78,7 @@ def bare_steps(cfg, steps: int) -> list[float]:
     optimizer = build_optimizer(model.parameters(), cfg.train, cfg.train.lr)
     loss_fn = ClipLoss()
     data = TrainDataset(cfg.data.hdf5, cfg.data.train_group, cfg)
-    batch = collate([data[i] for i in range(cfg.train.batch_size)])
+    batch = batch_to_device(collate([data[i] for i in range(cfg.train.batch_size)]), "cpu", cfg)
     times = []
     for _ in range(steps):
         start = time.perf_counter()

@@ -89,13 +89,13 @@ def bench_demo(epochs: int | None = None, step_rounds: int = 3, steps: int = 4) 
 def _demo_step_parts(cfg):
     import torch
 
-    from bioclip_cli.data.datasets import TrainDataset, collate
+    from bioclip_cli.data.datasets import TrainDataset, batch_to_device, collate
     from bioclip_cli.models.build import build_model
     from bioclip_cli.models.loss import ClipLoss
 
     model = build_model(cfg.model).train()
     data = TrainDataset(cfg.data.hdf5, cfg.data.train_group, cfg)
-    batch = collate([data[i] for i in range(cfg.train.batch_size)])
+    batch = batch_to_device(collate([data[i] for i in range(cfg.train.batch_size)]), "cpu", cfg)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
     return model, batch, ClipLoss(), optimizer
 

@@ -116,7 +116,7 @@ def test_help_does_not_import_heavy_libraries():
         "import sys\n"
         "from bioclip_cli.cli.app import main\n"
         "try:\n    main(['presets'])\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('torch', 'transformers', 'faiss', 'h5py', 'peft', 'accelerate') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'transformers', 'faiss', 'h5py', 'peft', 'accelerate', 'cv2') if m in sys.modules]\n"
         "print('HEAVY:' + ','.join(heavy))\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"COLUMNS": "200", "PATH": ""})

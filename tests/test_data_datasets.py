@@ -9,16 +9,21 @@ import pytest
 import torch
 
 from bioclip_cli.config import load_config
-from bioclip_cli.data.datasets import EvalDataset, TrainDataset, collate, item_seed
+from bioclip_cli.data.datasets import EvalDataset, TrainDataset, batch_to_device, collate, item_seed
 from bioclip_cli.data.dna import kmer_tokenize
 from bioclip_cli.data.hdf5 import BioscanH5
 from bioclip_cli.data.hdf5_writer import write_groups
-from bioclip_cli.data.images import EvalTransform, TrainTransform
+from bioclip_cli.data.images import EvalTransform, TrainTransform, pixels_to_float
 from bioclip_cli.data.sample import sample_root
 from bioclip_cli.errors import DataError
 from bioclip_cli.workflows.build_hdf5 import build_5m
 
 TRAIN = "no_split_and_seen_train"
+
+
+def expected_image(reader, cfg, row, epoch=0):
+    """Row `row`'s training image as the float32 model input, made by the transform alone."""
+    return TrainTransform(cfg.data.image)(reader.image_bytes(row), item_seed(cfg.train.seed, epoch, row))
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +44,21 @@ def test_train_item_and_collate(sample_h5, tiny):
     item = ds[5]
     assert set(item) == {"index", "image", "dna", "dna_mask", "text", "text_mask", "text_type"}
     assert item["index"] == 5
-    assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
+    assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.uint8  # floats on the device
     expected = TrainTransform(tiny.data.image)(reader.image_bytes(5), item_seed(tiny.train.seed, 0, 5))
-    assert torch.equal(item["image"], expected)
+    assert torch.equal(pixels_to_float(item["image"], tiny.data.image), expected)
+    assert torch.equal(item["image"].float() / 255, expected)
     ids, mask = kmer_tokenize([reader.string("barcode", 5)])
     assert np.array_equal(item["dna"], ids[0]) and np.array_equal(item["dna_mask"], mask[0])
     assert np.array_equal(item["text"], reader.language_token_row(5)["input_ids"])
     batch = collate([ds[i] for i in (3, 1, 4)])
     assert set(batch) == set(item)
     assert batch["index"].tolist() == [3, 1, 4] and batch["index"].dtype == torch.long
-    assert batch["image"].shape == (3, 3, 32, 32) and batch["image"].dtype == torch.float32
+    assert batch["image"].shape == (3, 3, 32, 32) and batch["image"].dtype == torch.uint8
+    on_device = batch_to_device(batch, "cpu", tiny)
+    assert on_device["image"].dtype == torch.float32 and on_device["image"].is_contiguous()
+    assert torch.equal(on_device["image"], torch.stack([expected_image(reader, tiny, i) for i in (3, 1, 4)]))
+    assert all(torch.equal(on_device[k], batch[k]) for k in batch if k != "image")
     assert batch["dna"].shape == batch["dna_mask"].shape == (3, 133) and batch["dna"].dtype == torch.long
     assert all(batch[k].shape == (3, 20) and batch[k].dtype == torch.long for k in ("text", "text_mask", "text_type"))
 
@@ -147,7 +157,8 @@ def test_getitems_is_a_batch_of_items_that_collate_passes_on_without_a_copy(samp
             assert np.array_equal(np.asarray(got[key]), np.asarray(single[key])), key
     batch = collate(items)
     assert batch["image"].data_ptr() == items[0]["image"].data_ptr()  # the items' own batch, not a copy
-    assert batch["image"].shape == (4, 3, 32, 32) and batch["image"].is_contiguous()
+    assert batch["image"].shape == (4, 3, 32, 32) and batch["image"].dtype == torch.uint8
+    assert batch["image"].is_contiguous(memory_format=torch.channels_last)  # [B, H, W, 3] memory, no copy
     assert torch.equal(batch["image"], torch.stack([ds[i]["image"] for i in rows]))
     reordered = collate(items[::-1])  # not in slot order: stacked
     assert reordered["image"].data_ptr() != batch["image"].data_ptr()
@@ -159,10 +170,15 @@ def test_normalised_training_images(sample_h5, tiny):
     image = dataclasses.replace(tiny.data.image, mean=[0.5, 0.4, 0.3], std=[0.25, 0.2, 0.3])
     norm_cfg = dataclasses.replace(tiny, data=dataclasses.replace(tiny.data, image=image))
     plain, norm = TrainDataset(sample_h5, TRAIN, tiny), TrainDataset(sample_h5, TRAIN, norm_cfg)
-    a, b = plain.__getitems__([9, 3]), norm.__getitems__([9, 3])
+    a = batch_to_device(collate(plain.__getitems__([9, 3])), "cpu", tiny)["image"]
+    b = batch_to_device(collate(norm.__getitems__([9, 3])), "cpu", norm_cfg)["image"]
     mean, std = torch.tensor(image.mean).view(3, 1, 1), torch.tensor(image.std).view(3, 1, 1)
-    for x, y in zip(a, b):
-        assert torch.equal(y["image"], (x["image"] - mean) / std)
+    assert torch.equal(b, (a - mean) / std)
     reader = BioscanH5(sample_h5).group(TRAIN)
     expected = TrainTransform(image)(reader.image_bytes(3), item_seed(tiny.train.seed, 0, 3))
-    assert torch.equal(b[1]["image"], expected)
+    assert torch.equal(b[1], expected)
+    # the same float32 operations as numpy's (x / 255 - mean) / std on every 8-bit value
+    u8 = np.arange(256, dtype=np.uint8)
+    ref = (u8.astype(np.float32) / np.float32(255) - np.float32(0.5)) / np.float32(0.25)
+    got = pixels_to_float(torch.from_numpy(np.stack([u8] * 3)).view(3, 16, 16), image)[0].flatten().numpy()
+    assert np.array_equal(got, ref)

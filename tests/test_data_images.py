@@ -13,8 +13,12 @@ from bioclip_cli.config.schema import ImageDataConfig
 from bioclip_cli.data.images import (
     EvalTransform,
     TrainTransform,
+    decode_array,
     decode_image,
     flip_rotate_matrix,
+    jpeg_size,
+    opencv_affine,
+    pixels_to_float,
     resized_size,
     to_tensor,
 )
@@ -243,3 +247,73 @@ def test_quarter_turn_matrix_is_rot90():
         matrix = flip_rotate_matrix(64, angle, False, False)
         got = img.transform((64, 64), Image.Transform.AFFINE, matrix, resample=Image.Resampling.NEAREST, fillcolor=0)
         assert np.array_equal(np.asarray(got), np.rot90(a, k))
+
+
+def test_jpeg_size_reads_the_frame_header(photos):
+    for path in photos["full"] + photos["small"]:
+        data = path.read_bytes()
+        assert jpeg_size(data) == Image.open(io.BytesIO(data)).size
+    progressive = encode(Image.new("RGB", (37, 19), (9, 9, 9)), progressive=True)  # SOF2
+    assert jpeg_size(progressive) == (37, 19)
+    assert jpeg_size(encode(Image.new("RGB", (5, 5)), "PNG")) is None
+    assert jpeg_size(b"\xff\xd8\xff") is None and jpeg_size(b"") is None
+
+
+def test_decode_array_equals_pillow_and_reduces_large_jpegs(photos):
+    for path in photos["small"]:
+        data = path.read_bytes()
+        got = decode_array(data)
+        assert got.dtype == np.uint8 and got.flags.c_contiguous
+        assert np.array_equal(got, np.asarray(decode_image(data)))  # libjpeg-turbo both: the same pixels
+    data = photos["full"][0].read_bytes()
+    for min_side, size in ((256, (360, 270)), (500, (720, 540)), (1500, (2880, 2160))):
+        got = decode_array(data, min_side=min_side)
+        assert got.shape == (size[1], size[0], 3)  # the DCT scale Pillow's draft picks
+        ref = np.asarray(decode_image(data, min_side=min_side), dtype=np.float32)
+        assert np.abs(got.astype(np.float32) - ref).mean() < 1.0
+    # modes OpenCV reads differently or not at all: grey, RGBA PNG, palette GIF -> RGB, as Pillow's
+    rgb = np.random.default_rng(5).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    for img, fmt in (
+        (Image.fromarray(rgb[..., 0]), "PNG"),
+        (Image.fromarray(np.dstack([rgb, np.full((20, 30), 128, np.uint8)])), "PNG"),
+        (Image.fromarray(rgb).convert("P"), "GIF"),
+    ):
+        data = encode(img, fmt)
+        assert np.array_equal(decode_array(data), np.asarray(img.convert("RGB"))), fmt
+    with pytest.raises(OSError):
+        decode_array(photos["small"][0].read_bytes()[:2000])  # truncated
+    with pytest.raises(OSError):
+        decode_array(b"not an image")
+
+
+@pytest.mark.parametrize("angle", [3.7, 17.3, -44.9, 90.0])
+@pytest.mark.parametrize(("hflip", "vflip"), [(False, False), (True, True)])
+def test_opencv_affine_reads_the_pixels_pillow_reads(angle, hflip, vflip):
+    import cv2
+
+    a = np.random.default_rng(4).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    matrix = flip_rotate_matrix(96, angle, hflip, vflip)
+    ref = np.asarray(
+        Image.fromarray(a).transform((96, 96), Image.Transform.AFFINE, matrix, Image.Resampling.NEAREST, fillcolor=0)
+    )
+    flags = cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP
+    got = cv2.warpAffine(a, opencv_affine(matrix), (96, 96), flags=flags, borderValue=(0, 0, 0))
+    # the same source pixel everywhere but where a coordinate falls within OpenCV's 1/1024 fixed point of a
+    # pixel edge
+    assert (got == ref).all(axis=-1).mean() > 0.995
+
+
+def test_train_pixels_are_written_into_the_given_slot(photos):
+    data = photos["small"][0].read_bytes()
+    tt = TrainTransform(ImageDataConfig(resize=72, crop=64))
+    batch = np.zeros((3, 64, 64, 3), dtype=np.uint8)
+    for seed in range(3):
+        assert tt.augment(data, seed, out=batch[seed]) is batch[seed] or np.shares_memory(
+            tt.augment(data, seed, out=batch[seed]), batch
+        )
+        assert np.array_equal(batch[seed], tt.augment(data, seed))
+    x = torch.from_numpy(batch).permute(0, 3, 1, 2)  # [B, 3, H, W] view of channels-last memory
+    floats = pixels_to_float(x, tt.cfg)
+    assert floats.dtype == torch.float32 and floats.is_contiguous() and floats.shape == (3, 3, 64, 64)
+    assert torch.equal(floats[1], tt(data, 1))
+    assert pixels_to_float(floats, tt.cfg) is floats  # float input: unchanged

@@ -101,7 +101,7 @@ def _worker(h5: str, report: str, embed_out: str) -> None:
     from accelerate.utils import gather_object, set_seed
 
     from bioclip_cli.config import load_config
-    from bioclip_cli.data.datasets import TrainDataset, collate
+    from bioclip_cli.data.datasets import TrainDataset, batch_to_device, collate
     from bioclip_cli.models.build import build_model
     from bioclip_cli.models.loss import ClipLoss
     from bioclip_cli.workflows.accelerator import make_accelerator
@@ -122,7 +122,9 @@ def _worker(h5: str, report: str, embed_out: str) -> None:
     model = build_model(cfg.model)
     ddp = acc.prepare(model)
     ddp.eval()  # no dropout, so that the single-process reference computes the same function
-    loss = ClipLoss(gather=True)(ddp(collate([data[i] for i in rows])), model.logit_scale)
+    loss = ClipLoss(gather=True)(
+        ddp(batch_to_device(collate([data[i] for i in rows]), acc.device, cfg)), model.logit_scale
+    )
     acc.backward(loss)
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     global_rows = [r for part in gather_object([rows]) for r in part]
@@ -133,7 +135,9 @@ def _worker(h5: str, report: str, embed_out: str) -> None:
         ref_rows = next(iter(single))
         set_seed(0)
         ref = build_model(cfg.model).eval()
-        ref_loss = ClipLoss(gather=False)(ref(collate([data[i] for i in ref_rows])), ref.logit_scale)
+        ref_loss = ClipLoss(gather=False)(
+            ref(batch_to_device(collate([data[i] for i in ref_rows]), acc.device, cfg)), ref.logit_scale
+        )
         ref_loss.backward()
         ref_grads = {n: p.grad for n, p in ref.named_parameters() if p.grad is not None}
         assert ref_grads.keys() == grads.keys()

@@ -4,11 +4,15 @@ An item is a dict with only the modalities asked for: ``index`` (the row, which 
 label: only the paired sample is a positive), ``image`` [3, H, W], ``dna``/``dna_mask`` [T],
 ``text``/``text_mask``/``text_type`` [L]. :func:`collate` stacks items into exactly those keys.
 
+Training images are **uint8** pixels (a channels-last view): a quarter of the bytes of float32 through the
+workers' shared memory and the host-to-device copy; :func:`batch_to_device` moves a batch and makes the
+float32 model input there (``x / 255``, mean/std: the same values the float pipeline gives). Evaluation
+images are float32 already (the compat transform computes in float).
+
 ``__getitems__`` (what a DataLoader with automatic batching calls with each batch's indices) returns the
-same items as ``[ds[i] for i in indices]``, made batch-wise: every image is converted straight into its
-slot of one float32 [B, 3, H, W] tensor (in shared memory inside a DataLoader worker) and the item's
-``image`` is that slot, so :func:`collate` hands the batch on without copying it; the barcodes are
-tokenised in one call.
+same items as ``[ds[i] for i in indices]``, made batch-wise: every image is written straight into its
+slot of one batch tensor (in shared memory inside a DataLoader worker) and the item's ``image`` is that
+slot, so :func:`collate` hands the batch on without copying it; the barcodes are tokenised in one call.
 
 - :class:`TrainDataset`: the training augmentation, deterministic per item: the seed of row `i` in epoch
   `e` is derived from (seed, e, i), so a run gives the same batches with any number of workers.
@@ -33,11 +37,12 @@ import torch
 from bioclip_cli.config.schema import MODALITIES, RunConfig
 from bioclip_cli.data.dna import kmer_tokenize
 from bioclip_cli.data.hdf5 import TOKEN_PREFIX, BioscanH5
-from bioclip_cli.data.images import EvalTransform, TrainTransform
+from bioclip_cli.data.images import EvalTransform, TrainTransform, pixels_to_float
 from bioclip_cli.data.taxonomy import LEVELS, load_text_tokenizer, taxonomy_strings, tokenize_taxonomy
 from bioclip_cli.errors import DataError
 
 _MASK64 = (1 << 64) - 1
+_BATCH_READ_ROWS = 4  # from this many rows on, __getitems__ reads each string/token column once for all
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:
@@ -104,13 +109,14 @@ class _GroupDataset(torch.utils.data.Dataset):
         return None
 
     def _image_into(self, slot: torch.Tensor, index: int) -> None:
-        """Decode and transform row `index`'s image into `slot` (float32 [3, crop, crop])."""
+        """Decode and transform row `index`'s image into `slot` (train: uint8 [crop, crop, 3]; eval: float32
+        [3, crop, crop])."""
         data = self.reader.image_bytes(index)
         try:
             if not data:
                 raise ValueError("no image bytes")
             if self.train:
-                self.transform.into(slot.numpy(), data, self._seed(index))
+                self.transform.augment(data, self._seed(index), out=slot.numpy())
             else:
                 slot.copy_(self.transform(data))
         except (OSError, ValueError) as exc:  # PIL.UnidentifiedImageError is an OSError
@@ -123,31 +129,42 @@ class _GroupDataset(torch.utils.data.Dataset):
     def __getitems__(self, indices: Sequence[int]) -> list[dict]:
         """The items of several rows, equal to ``[self[i] for i in indices]``, made batch-wise (module doc)."""
         rows = [int(i) for i in indices]
+        if not rows:
+            return []
         items: list[dict] = [{"index": i} for i in rows]
         if "image" in self.modalities:
             size = self.cfg.data.image.crop
-            batch = new_float_batch((len(rows), 3, size, size))
-            for item, slot in zip(items, batch):
-                self._image_into(slot, item["index"])
-                item["image"] = slot
-        if "dna" in self.modalities:
+            if self.train:  # uint8, channels last: the item is a [3, H, W] view of its [H, W, 3] slot
+                batch = new_batch((len(rows), size, size, 3), torch.uint8)
+                for item, slot in zip(items, batch):
+                    self._image_into(slot, item["index"])
+                    item["image"] = slot.permute(2, 0, 1)
+            else:
+                batch = new_batch((len(rows), 3, size, size), torch.float32)
+                for item, slot in zip(items, batch):
+                    self._image_into(slot, item["index"])
+                    item["image"] = slot
+        few = len(rows) < _BATCH_READ_ROWS  # per-row reads; a batch reads each column once
+        if "dna" in self.modalities:  # one tokenizer call for the batch
             d = self.cfg.data.dna
-            barcodes = [self.reader.string("barcode", i) for i in rows]
+            reader = self.reader
+            barcodes = [reader.string("barcode", i) for i in rows] if few else list(reader.barcodes(rows))
             ids, mask = kmer_tokenize(barcodes, d.k, d.max_len, d.prefix_id)
             for item, row_ids, row_mask in zip(items, ids, mask):
                 item["dna"], item["dna_mask"] = row_ids, row_mask
         if "text" in self.modalities:
-            for item in items:
-                index = item["index"]
-                if self.stored_text:
-                    tokens = self.reader.language_token_row(index)
-                    item["text"], item["text_mask"] = tokens["input_ids"], tokens["attention_mask"]
-                    item["text_type"] = tokens["token_type_ids"]
-                else:
-                    code = self._text_codes[index]
-                    item["text"] = self._text_tokens["input_ids"][code]
-                    item["text_mask"] = self._text_tokens["attention_mask"][code]
-                    item["text_type"] = self._text_tokens["token_type_ids"][code]
+            if self.stored_text and few:
+                per_row = [self.reader.language_token_row(i) for i in rows]
+                tokens = {key: [t[key] for t in per_row] for key in per_row[0]} if per_row else {}
+            elif self.stored_text:
+                tokens = self.reader.language_tokens(rows)
+            else:
+                codes = self._text_codes[rows]
+                tokens = {key: values[codes] for key, values in self._text_tokens.items()}
+            for item, text, mask, types in zip(
+                items, tokens["input_ids"], tokens["attention_mask"], tokens["token_type_ids"]
+            ):
+                item["text"], item["text_mask"], item["text_type"] = text, mask, types
         return items
 
     def __getitem__(self, index: int) -> dict:
@@ -210,8 +227,9 @@ class EvalDataset(_GroupDataset):
 
 
 def collate(items: Sequence[dict]) -> dict[str, torch.Tensor]:
-    """Stack items: ``index`` LongTensor [B]; ``image`` [B,3,H,W]; ``dna``, ``dna_mask`` [B,T];
-    ``text``, ``text_mask``, ``text_type`` [B,L] (only the keys the items carry).
+    """Stack items: ``index`` LongTensor [B]; ``image`` [B,3,H,W] (uint8 for training, float32 for
+    evaluation); ``dna``, ``dna_mask`` [B,T]; ``text``, ``text_mask``, ``text_type`` [B,L] (only the keys the
+    items carry).
 
     Images that are the consecutive slots of one batch (the items of a ``__getitems__`` call, in order)
     are returned as that batch, without a copy; any other images are stacked."""
@@ -229,20 +247,36 @@ def collate(items: Sequence[dict]) -> dict[str, torch.Tensor]:
     return out
 
 
-def new_float_batch(shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialised float32 tensor; in a DataLoader worker it lives in shared memory (as torch's default
-    collate allocates its batches), so it reaches the main process without another copy."""
+def batch_to_device(batch: dict[str, torch.Tensor], device, cfg: RunConfig) -> dict[str, torch.Tensor]:
+    """Move a collated batch to `device` and make uint8 training images the model's float32 input there
+    (:func:`~bioclip_cli.data.images.pixels_to_float`); float images pass unchanged."""
+    out = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+    if "image" in out:
+        out["image"] = pixels_to_float(out["image"], cfg.data.image)
+    return out
+
+
+def new_batch(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """An uninitialised tensor; in a DataLoader worker it lives in shared memory (as torch's default collate
+    allocates its batches), so it reaches the main process without another copy."""
     if torch.utils.data.get_worker_info() is None:
-        return torch.empty(shape, dtype=torch.float32)
-    proto = torch.empty(0, dtype=torch.float32)
+        return torch.empty(shape, dtype=dtype)
+    proto = torch.empty(0, dtype=dtype)
     storage = proto._typed_storage()._new_shared(math.prod(shape), device=proto.device)
     return proto.new(storage).resize_(shape)
 
 
+def _is_dense(t: torch.Tensor) -> bool:
+    """True when `t` covers exactly ``t.numel()`` consecutive elements of its storage (in any dimension order)."""
+    span = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    return span == t.numel() and t.numel() > 0
+
+
 def _enclosing_batch(images: Sequence) -> torch.Tensor | None:
-    """The [B, ...] tensor whose consecutive slots `images` are, in order, or None."""
+    """The [B, ...] tensor whose consecutive slots `images` are, in order (each slot a dense view with the
+    same strides, e.g. a [3, H, W] view of [H, W, 3] memory), or None."""
     first = images[0]
-    if not isinstance(first, torch.Tensor) or not first.is_contiguous():
+    if not isinstance(first, torch.Tensor) or not _is_dense(first):
         return None
     n, start, ptr = first.numel(), first.storage_offset(), first.untyped_storage().data_ptr()
     for i, img in enumerate(images):
@@ -250,7 +284,7 @@ def _enclosing_batch(images: Sequence) -> torch.Tensor | None:
             not isinstance(img, torch.Tensor)
             or img.dtype != first.dtype
             or img.shape != first.shape
-            or not img.is_contiguous()
+            or img.stride() != first.stride()
             or img.untyped_storage().data_ptr() != ptr
             or img.storage_offset() != start + i * n
         ):

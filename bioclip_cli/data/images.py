@@ -1,17 +1,16 @@
-"""Image decoding and the train/eval transforms of SPEC §3, with Pillow and torch only (no torchvision).
+"""Image decoding and the train/eval transforms of SPEC §3, with Pillow, OpenCV and torch (no torchvision).
 
 - :func:`decode_image`: JPEG/PNG bytes -> RGB PIL image. Large JPEGs are decoded at a reduced DCT scale
   (Pillow draft mode) when the target is at least 2x smaller; any mode (L, LA, P, RGBA, CMYK, I;16...)
-  becomes RGB.
+  becomes RGB. :func:`decode_array` is the same to a uint8 array with OpenCV (faster; Pillow as fallback).
 - :class:`EvalTransform` (compat, bit-exact with the published evaluation): float tensor in [0, 1]
   first, then resize of the shorter side with torch's antialiased bilinear interpolation, then the
   centre crop; optional mean/std.
 - :class:`TrainTransform`: Resize -> RandomResizedCrop -> horizontal flip -> vertical flip -> rotation
-  (nearest, black fill) -> optional colour jitter. The geometric steps run on 8-bit pixels in Pillow's C
-  code in two resamples: Resize and the crop in one antialiased bilinear resize of the crop box, then
-  the flips and the rotation in one nearest-neighbour affine. All randomness comes from one draw of a
-  seeded torch generator, so an item's augmentation depends only on its seed. :meth:`TrainTransform.into`
-  writes the float result straight into a slot of a batch.
+  (nearest, black fill) -> optional colour jitter, on 8-bit pixels in OpenCV's C++ code in two resamples
+  (the class says how). All randomness comes from one draw of a seeded torch generator, so an item's
+  augmentation depends only on its seed. It yields uint8 pixels; :func:`pixels_to_float` makes the model's
+  float input from them, on the accelerator.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from __future__ import annotations
 import io
 import math
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,10 @@ from PIL import Image, ImageEnhance
 from bioclip_cli.config.schema import ImageDataConfig
 
 _HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+# OpenCV runs single-threaded in this process: one image is too small work for its thread pool (DataLoader
+# workers are the parallelism), and a pool started before a DataLoader forks its workers deadlocks them.
+cv2.setNumThreads(1)
 
 
 def decode_image(data: bytes, min_side: int | None = None) -> Image.Image:
@@ -121,12 +125,60 @@ class EvalTransform:
 
 # how many uniforms one call draws: RandomResizedCrop (10 tries x 4), flips (2), angle (1), jitter (4 + order 4)
 _N_DRAWS = 40 + 2 + 1 + 8
+# OpenCV decode flags: RGB channel order, EXIF orientation ignored (as Pillow), and the DCT reductions
+_CV_RGB = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+_CV_REDUCED = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+_SHRINK_AREA = 1.5  # a crop box this many times larger than the output is shrunk with area averaging
 
 
 def make_generator(seed: int | torch.Generator | None) -> torch.Generator | None:
     if seed is None or isinstance(seed, torch.Generator):
         return seed
     return torch.Generator().manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) read from a JPEG's frame header, or None when `data` is not a JPEG (or has no frame header
+    before its first scan). Reads only the segment headers: much cheaper than opening the image."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    while i + 9 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn (not DHT, JPG, DAC)
+            height, width = int.from_bytes(data[i + 5 : i + 7], "big"), int.from_bytes(data[i + 7 : i + 9], "big")
+            return (width, height) if width and height else None
+        if marker == 0xDA:
+            return None
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
+def decode_array(data: bytes, min_side: int | None = None) -> np.ndarray:
+    """Decode image bytes to a uint8 RGB array [H, W, 3] with OpenCV (libjpeg-turbo: the same pixels as Pillow's
+    decode, faster). With `min_side`, a JPEG at least twice as large is decoded at 1/2, 1/4 or 1/8 scale, its
+    shorter side staying >= `min_side` (as :func:`decode_image`'s draft). EXIF orientation is ignored, as Pillow
+    does. What OpenCV cannot decode goes through Pillow (:func:`decode_image`), which raises on unreadable bytes."""
+    flags = _CV_RGB
+    if min_side:
+        size = jpeg_size(data)
+        if size:
+            for factor in (8, 4, 2):
+                if -(-min(size) // factor) >= min_side:
+                    flags |= _CV_REDUCED[factor]
+                    break
+    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags) if data else None
+    if arr is None or arr.ndim != 3 or arr.shape[2] != 3:
+        arr = np.asarray(decode_image(data, min_side))
+    return arr
 
 
 def flip_rotate_matrix(size: int, degrees: float, hflip: bool, vflip: bool) -> list[float]:
@@ -145,78 +197,97 @@ def flip_rotate_matrix(size: int, degrees: float, hflip: bool, vflip: bool) -> l
     return m
 
 
+def opencv_affine(matrix: list[float]) -> np.ndarray:
+    """A Pillow AFFINE matrix (pixel centres at +0.5, nearest = floor) as OpenCV's inverse map (centres at
+    integers, nearest = round): the same source pixel for every output pixel, up to OpenCV's 1/1024 fixed point."""
+    a, b, c, d, e, f = matrix
+    return np.array([[a, b, c + (a + b - 1) / 2], [d, e, f + (d + e - 1) / 2]], dtype=np.float64)
+
+
+def pixels_to_float(images: torch.Tensor, cfg: ImageDataConfig) -> torch.Tensor:
+    """uint8 pixels [..., 3, H, W] (any memory layout, any device) -> contiguous float32 ``x / 255``, then
+    ``(x - mean) / std`` when configured: bit-identical to the float pipeline of the transforms. Float input is
+    returned unchanged (evaluation batches are float already). Training batches stay uint8 until they are on
+    the accelerator: a quarter of the bytes through worker shared memory and host-to-device copies."""
+    if images.dtype != torch.uint8:
+        return images
+    x = images.to(torch.float32, memory_format=torch.contiguous_format).div_(255)
+    if cfg.mean is not None:
+        mean = torch.tensor(cfg.mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
+        std = torch.tensor(cfg.std, dtype=torch.float32, device=x.device).view(3, 1, 1)
+        x.sub_(mean).div_(std)
+    return x
+
+
 class TrainTransform:
     """The training augmentation of SPEC §3: bytes or PIL image (+ seed or generator) -> [3, crop, crop].
 
-    ``transform(image, seed)`` gives float32 pixels (normalised when configured); :meth:`into` writes them
-    into a given array (a slot of a batch: no per-item tensor); :meth:`pixels` is the same augmentation in
-    uint8, before the float conversion.
+    :meth:`augment` gives the uint8 pixels [crop, crop, 3] (into a given slot of a batch, when asked): what the
+    training dataset stores; ``transform(image, seed)`` the float32 [3, crop, crop] of :func:`pixels_to_float`.
+
+    Resize(resize) and RandomResizedCrop are one resample of the crop box mapped to source pixels (bilinear;
+    area averaging when the box is >= 1.5x the output), then the flips and the rotation one nearest-neighbour
+    affine resample with black fill (the same pixels as Pillow's ``transpose`` + ``rotate(angle, NEAREST)``),
+    all in OpenCV's 8-bit SIMD code; JPEGs are decoded with OpenCV, at a reduced DCT scale when large. All
+    randomness comes from one draw of a seeded torch generator: an item's augmentation depends only on its seed.
     """
 
     def __init__(self, cfg: ImageDataConfig | None = None):
         self.cfg = cfg or ImageDataConfig()
-        self._normalize = _Normalize(self.cfg)
         self._log_ratio = (math.log(self.cfg.ratio[0]), math.log(self.cfg.ratio[1]))
 
     def __call__(self, image: bytes | Image.Image, generator: torch.Generator | int | None = None) -> torch.Tensor:
-        size = self.cfg.crop
-        return torch.from_numpy(self.into(np.empty((3, size, size), dtype=np.float32), image, generator))
-
-    def into(
-        self, out: np.ndarray, image: bytes | Image.Image, generator: torch.Generator | int | None = None
-    ) -> np.ndarray:
-        """Write the augmented image into `out`, a float32 array [3, crop, crop]: pixels / 255, then
-        ``(x - mean) / std`` when configured (the same float32 operations as the eval transform). Returns `out`."""
-        out[...] = self._augment(image, generator, np.asarray).transpose(2, 0, 1)  # uint8 -> float32: exact
-        np.divide(out, np.float32(255), out=out)
-        norm = self._normalize
-        if norm.mean is not None:
-            np.subtract(out, norm.mean, out=out)
-            np.divide(out, norm.std, out=out)
-        return out
+        """float32 [3, crop, crop]: pixels / 255, then ``(x - mean) / std`` when configured."""
+        return pixels_to_float(torch.from_numpy(self.augment(image, generator)).permute(2, 0, 1), self.cfg)
 
     def pixels(self, image: bytes | Image.Image, generator: torch.Generator | int | None = None) -> np.ndarray:
         """The augmented image as uint8 [3, crop, crop] (float pixels = this / 255): a writable view of
         channels-last memory (``np.ascontiguousarray`` makes it planar)."""
         return self.augment(image, generator).transpose(2, 0, 1)
 
-    def augment(self, image: bytes | Image.Image, generator: torch.Generator | int | None = None) -> np.ndarray:
-        """The augmented image as a writable uint8 array [crop, crop, 3] (H, W, RGB)."""
-        return self._augment(image, generator, np.array)
-
-    def _augment(self, image, generator, to_array) -> np.ndarray:
+    def augment(
+        self,
+        image: bytes | Image.Image,
+        generator: torch.Generator | int | None = None,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The augmented image as uint8 [crop, crop, 3] (H, W, RGB), written into `out` (a C-contiguous uint8
+        array of that shape, e.g. a slot of a batch) when given. Returns the array written."""
         cfg = self.cfg
         if isinstance(image, (bytes, bytearray, memoryview)):
-            image = decode_image(bytes(image), min_side=cfg.resize if cfg.draft else None)
-        elif image.mode != "RGB":
-            image = to_rgb(image)
+            src = decode_array(bytes(image), min_side=cfg.resize if cfg.draft else None)
+        else:
+            src = np.asarray(to_rgb(image) if image.mode != "RGB" else image)
         u = torch.rand(_N_DRAWS, generator=make_generator(generator), dtype=torch.float64).tolist()
-        w, h = image.size
+        h, w = src.shape[:2]
         rh, rw = resized_size(h, w, cfg.resize)
         top, left, ch, cw = self.crop_box(rh, rw, u[:40])
-        # Resize(resize) and RandomResizedCrop in one antialiased bilinear resample of the (drafted) decode:
-        # the crop box is mapped to source pixels exactly (no rounding), in Pillow's 8-bit C code
+        # the crop box of the Resize(resize)d image, in source pixels: one resample does both steps
         sx, sy = w / rw, h / rh
-        box = (left * sx, top * sy, min(w, (left + cw) * sx), min(h, (top + ch) * sy))
-        size = (cfg.crop, cfg.crop)
-        out = image.resize(size, Image.Resampling.BILINEAR, box=box, reducing_gap=None)
+        y0, x0 = min(h - 1, round(top * sy)), min(w - 1, round(left * sx))
+        y1, x1 = max(y0 + 1, min(h, round((top + ch) * sy))), max(x0 + 1, min(w, round((left + cw) * sx)))
+        size = cfg.crop
+        shrink = max(y1 - y0, x1 - x0) / size
+        interpolation = cv2.INTER_AREA if shrink >= _SHRINK_AREA else cv2.INTER_LINEAR
+        if out is None:
+            out = np.empty((size, size, 3), dtype=np.uint8)
         hflip = cfg.hflip and u[40] < 0.5
         vflip = cfg.vflip and u[41] < 0.5
         angle = (2 * u[42] - 1) * cfg.rotation if cfg.rotation > 0 else 0.0
-        if angle:
-            # flips and rotation as one nearest-neighbour affine resample: the same pixels as Pillow's
-            # transpose(...) then rotate(angle, NEAREST), black fill
-            matrix = flip_rotate_matrix(cfg.crop, angle, hflip, vflip)
-            out = out.transform(size, Image.Transform.AFFINE, matrix, resample=Image.Resampling.NEAREST, fillcolor=0)
-        elif hflip and vflip:
-            out = out.transpose(Image.Transpose.ROTATE_180)
-        elif hflip:
-            out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        elif vflip:
-            out = out.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+        box = src[y0:y1, x0:x1]
+        if not (angle or hflip or vflip):
+            cv2.resize(box, (size, size), dst=out, interpolation=interpolation)
+        else:
+            resized = cv2.resize(box, (size, size), interpolation=interpolation)
+            if angle:
+                matrix = opencv_affine(flip_rotate_matrix(size, angle, hflip, vflip))
+                flags = cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP
+                cv2.warpAffine(resized, matrix, (size, size), dst=out, flags=flags, borderValue=(0, 0, 0))
+            else:
+                cv2.flip(resized, -1 if hflip and vflip else (1 if hflip else 0), dst=out)
         if cfg.color_jitter > 0:
-            out = self._jitter(out, u[43:])
-        return to_array(out)  # np.asarray: read-only, one copy less
+            out[...] = np.asarray(self._jitter(Image.fromarray(out), u[43:]))
+        return out
 
     def crop_box(self, height: int, width: int, u: list[float]) -> tuple[int, int, int, int]:
         """RandomResizedCrop's (top, left, h, w) from 40 uniforms: 10 tries, then the central fallback."""

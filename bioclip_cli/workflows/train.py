@@ -231,7 +231,7 @@ def train(
     import torch
     from accelerate.utils import gather_object, set_seed
 
-    from bioclip_cli.data.datasets import EvalDataset, TrainDataset, collate
+    from bioclip_cli.data.datasets import EvalDataset, TrainDataset, batch_to_device, collate
     from bioclip_cli.models.build import build_model
     from bioclip_cli.models.checkpoint import save_checkpoint
     from bioclip_cli.models.loss import ClipLoss
@@ -430,7 +430,7 @@ def train(
                     interval["data"] += time.perf_counter() - fetch
                     if batch is None:
                         break
-                    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                    batch = batch_to_device(batch, device, cfg)  # uint8 images -> float here
                     with accelerator.accumulate(model):
                         feats = model(batch)
                         loss = loss_fn(feats, raw.logit_scale)
