@@ -108,15 +108,15 @@ class _GroupDataset(torch.utils.data.Dataset):
         """The augmentation seed of row `index` (None: no random augmentation)."""
         return None
 
-    def _image_into(self, slot: torch.Tensor, index: int) -> None:
-        """Decode and transform row `index`'s image into `slot` (train: uint8 [crop, crop, 3]; eval: float32
-        [3, crop, crop])."""
+    def _image_into(self, slot: np.ndarray | torch.Tensor, index: int) -> None:
+        """Decode and transform row `index`'s image into `slot` (train: uint8 array [crop, crop, 3]; eval:
+        float32 tensor [3, crop, crop])."""
         data = self.reader.image_bytes(index)
         try:
             if not data:
                 raise ValueError("no image bytes")
             if self.train:
-                self.transform.augment(data, self._seed(index), out=slot.numpy())
+                self.transform.augment(data, self._seed(index), out=slot)
             else:
                 slot.copy_(self.transform(data))
         except (OSError, ValueError) as exc:  # PIL.UnidentifiedImageError is an OSError
@@ -136,9 +136,10 @@ class _GroupDataset(torch.utils.data.Dataset):
             size = self.cfg.data.image.crop
             if self.train:  # uint8, channels last: the item is a [3, H, W] view of its [H, W, 3] slot
                 batch = new_batch((len(rows), size, size, 3), torch.uint8)
-                for item, slot in zip(items, batch):
-                    self._image_into(slot, item["index"])
-                    item["image"] = slot.permute(2, 0, 1)
+                for row, slot in zip(rows, batch.numpy()):
+                    self._image_into(slot, row)
+                for item, view in zip(items, batch.permute(0, 3, 1, 2).unbind(0)):
+                    item["image"] = view
             else:
                 batch = new_batch((len(rows), 3, size, size), torch.float32)
                 for item, slot in zip(items, batch):
