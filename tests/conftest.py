@@ -91,3 +91,19 @@ def demo_run(tmp_path_factory) -> dict:
         "demo", "--out", str(out), "--epochs", str(DEMO_TEST_EPOCHS), "--json", str(summary), cwd=root, env=env
     )
     return {"out": out, "json": summary, "result": result}
+
+
+@pytest.fixture
+def lora_merges(monkeypatch) -> list:
+    """The models whose `lora_merged()` context was entered, in order (the real context still runs)."""
+    from bioclip_cli.models.clip import BioClipModel
+
+    calls: list = []
+    real = BioClipModel.lora_merged
+
+    def counted(self):
+        calls.append(self)
+        return real(self)
+
+    monkeypatch.setattr(BioClipModel, "lora_merged", counted)
+    return calls

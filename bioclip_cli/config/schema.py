@@ -340,6 +340,7 @@ class EvalConfig:
     batch_size: int = 256
     dtype: Literal["float32", "float64"] = "float32"  # float64: byte-compatible with the released files
     autocast: Literal["none", "bf16"] = "none"
+    merge_lora: bool = True  # encode with LoRA folded into the base weights: faster, equal within float rounding
 
     def validate(self, prefix: str = "eval") -> None:
         _check(len(self.k) >= 1 and all(k >= 1 for k in self.k), f"{prefix}.k", f"must be positive integers, got {self.k}")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bioclip_cli.config.schema import MODALITIES, ModelConfig
-from bioclip_cli.models.lora import merged_lora
+from bioclip_cli.models.lora import lora_layers, merged_lora
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -74,9 +76,28 @@ class BioClipModel(nn.Module):
             out["text"] = self.encode_text(batch["text"], batch.get("text_mask"), batch.get("text_type"))
         return out
 
-    def lora_merged(self):
-        """Context manager: LoRA updates folded into the base weights (faster inference), undone on exit."""
-        return merged_lora(self)
+    @contextmanager
+    def lora_merged(self) -> Iterator[BioClipModel]:
+        """Context manager: LoRA updates folded into the base weights for faster inference (outputs equal to the
+        unmerged model's within float rounding); a no-op for a model without LoRA.
+
+        On exit the base weights are restored bit for bit from copies kept meanwhile (one per adapted layer:
+        unmerging by subtraction alone leaves rounding in them), so training goes on from exactly the weights
+        it had.
+        """
+        saved = [
+            (param, param.detach().clone())
+            for _, layer in lora_layers(self)
+            if not layer.merged
+            for param in layer.get_base_layer().parameters(recurse=False)
+        ]
+        try:
+            with merged_lora(self):
+                yield self
+        finally:
+            with torch.no_grad():
+                for param, copy in saved:
+                    param.copy_(copy)
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute each backbone layer's activations in backward (less memory, more compute)."""

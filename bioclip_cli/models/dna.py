@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from bioclip_cli.config.schema import DnaEncoderConfig
-from bioclip_cli.models.pooling import masked_mean
+from bioclip_cli.models.bert_encoder import PooledBertEncoder, bert_config
 from bioclip_cli.models.pretrained import ENCODERS_HINT, load_hub_config, load_pretrained
 from bioclip_cli.models.state_file import read_state_dict
 from bioclip_cli.models.weight_set import WeightSet
@@ -24,52 +24,32 @@ STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 def dna_bert_config(cfg: DnaEncoderConfig):
     """BERT-base-shaped config of BarcodeBERT (transformers defaults otherwise, as upstream)."""
-    from transformers import BertConfig
-
-    return BertConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        intermediate_size=cfg.intermediate_size,
-        max_position_embeddings=cfg.max_position_embeddings,
-        layer_norm_eps=cfg.layer_norm_eps,
-        type_vocab_size=2,
-        hidden_act="gelu",
-    )
+    return bert_config(cfg)
 
 
-class DnaEncoder(nn.Module):
+class DnaEncoder(PooledBertEncoder):
     """token ids [B, T] (+ mask) -> un-normalised embedding [B, output_dim]."""
 
-    lora_aliases: dict[str, str] = {}
-
     def __init__(self, bert: nn.Module, head: nn.Linear, pooling: str):
-        super().__init__()
-        from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
-
-        self.bert = bert
-        self.pooling = pooling
-        self.transform = None
-        if pooling == "softmax-mean":
-            self.transform = BertPredictionHeadTransform(bert.config)
-            std = bert.config.initializer_range
-            with torch.no_grad():
-                if self.transform.dense.weight.device.type != "meta":
-                    self.transform.dense.weight.normal_(0.0, std)
-                    self.transform.dense.bias.zero_()
-        self.head = head
-
-    @property
-    def backbone(self) -> nn.Module:
-        return self.bert
+        super().__init__(bert, head, pooling, mlm_transform(bert.config) if pooling == "softmax-mean" else None)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if self.pooling == "softmax-mean":
-            hidden = self.bert(input_ids=ids).last_hidden_state  # compat: no attention mask
-            return torch.softmax(self.head(self.transform(hidden)).float(), dim=-1).mean(dim=1)
-        hidden = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
-        return self.head(masked_mean(hidden, mask))
+        if self.pooling == "softmax-mean":  # compat: no attention mask
+            return self.project(self.bert(input_ids=ids).last_hidden_state, None)
+        return self.project(self.bert(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+
+
+def mlm_transform(config) -> nn.Module:
+    """BarcodeBERT's MLM transform (dense, GELU, LayerNorm), dense initialised as BERT does; the pretrained
+    weights are assigned later."""
+    from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
+
+    transform = BertPredictionHeadTransform(config)
+    with torch.no_grad():
+        if transform.dense.weight.device.type != "meta":
+            transform.dense.weight.normal_(0.0, config.initializer_range)
+            transform.dense.bias.zero_()
+    return transform
 
 
 def barcodebert_source_weights(source: str, *, key: str = "model.dna") -> WeightSet:

@@ -7,30 +7,15 @@ padding included. Pooling `mean`: the masked mean.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from bioclip_cli.config.schema import TextEncoderConfig
-from bioclip_cli.models.pooling import masked_mean
+from bioclip_cli.models.bert_encoder import PooledBertEncoder, bert_config
 from bioclip_cli.models.pretrained import check_architecture, load_hub_config, load_pretrained
 
 
 def text_bert_config(cfg: TextEncoderConfig, base=None):
-    from transformers import BertConfig
-
-    arch = dict(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        intermediate_size=cfg.intermediate_size,
-        max_position_embeddings=cfg.max_position_embeddings,
-        layer_norm_eps=cfg.layer_norm_eps,
-    )
-    if base is None:
-        return BertConfig(type_vocab_size=2, hidden_act="gelu", **arch)
-    for name, value in arch.items():
-        setattr(base, name, value)
-    return base
+    """The text BERT's config: the preset's architecture (over `base`, a hub config, when given)."""
+    return bert_config(cfg, base)
 
 
 def _expected(cfg: TextEncoderConfig) -> dict[str, tuple[str, object]]:
@@ -56,24 +41,11 @@ def text_backbone(cfg: TextEncoderConfig, *, pretrained: bool, key: str = "model
     return load_pretrained(BertModel, cfg.weights, config, key=key, what="text encoder", add_pooling_layer=False)
 
 
-class TextEncoder(nn.Module):
+class TextEncoder(PooledBertEncoder):
     """token ids, mask, token types [B, L] -> un-normalised embedding [B, output_dim]."""
-
-    lora_aliases: dict[str, str] = {}
-
-    def __init__(self, bert: nn.Module, head: nn.Linear, pooling: str):
-        super().__init__()
-        self.bert = bert
-        self.pooling = pooling
-        self.head = head
-
-    @property
-    def backbone(self) -> nn.Module:
-        return self.bert
 
     def forward(
         self, ids: torch.Tensor, mask: torch.Tensor | None = None, type_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
         hidden = self.bert(input_ids=ids, attention_mask=mask, token_type_ids=type_ids).last_hidden_state
-        pooled = hidden.mean(dim=1) if self.pooling == "mean-all" else masked_mean(hidden, mask)
-        return self.head(pooled)
+        return self.project(hidden, mask)

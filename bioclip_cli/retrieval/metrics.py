@@ -75,6 +75,18 @@ def hit_ranks(indices: np.ndarray, query_labels: Labels, key_labels: Labels, lev
     return {lv: first_hit_rank(_neighbor_codes(indices, k[lv]), q[lv]) for lv in levels}
 
 
+def _checked_ranks(
+    indices: np.ndarray, query_labels: Labels, key_labels: Labels, ks: Sequence[int], levels: Sequence[str]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict | None]:
+    """`(ranks, query codes, classes)` after the checks of :func:`_validate`: per level the first-hit rank of
+    every query within its first max(ks) neighbours, and the classes when labels came as strings."""
+    indices = np.asarray(indices)
+    q, kc, classes = _coded(query_labels, key_labels, levels)
+    _validate(indices, ks, len(q[levels[0]]), len(kc[levels[0]]))
+    ranks = {lv: first_hit_rank(_neighbor_codes(indices[:, : max(ks)], kc[lv]), q[lv]) for lv in levels}
+    return ranks, q, classes
+
+
 def _class_rates(ranks: np.ndarray, true_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per class code: queries of that true class, and how many of them hit within k."""
     return np.bincount(true_codes), np.bincount(true_codes, weights=ranks < k)
@@ -92,11 +104,8 @@ def topk_accuracy(
     `indices` [Q, >= max(ks)] are key row numbers, nearest first (-1: none). Labels are level -> one string
     (or integer code, see :func:`encode_labels`) per query row and per key row.
     """
-    indices = np.asarray(indices)
-    q, kc, _ = _coded(query_labels, key_labels, levels)
-    _validate(indices, ks, len(q[levels[0]]), len(kc[levels[0]]))
+    ranks, q, _ = _checked_ranks(indices, query_labels, key_labels, ks, levels)
     out: dict[str, dict[str, dict[str, float]]] = {"micro": {}, "macro": {}}
-    ranks = {lv: first_hit_rank(_neighbor_codes(indices[:, : max(ks)], kc[lv]), q[lv]) for lv in levels}
     for k in ks:
         out["micro"][str(k)] = {lv: float(np.count_nonzero(ranks[lv] < k) / len(ranks[lv])) for lv in levels}
         out["macro"][str(k)] = {}
@@ -120,17 +129,14 @@ def per_class_accuracy(
     Row keys: `level`, `class`, `n_queries`, `top-1`, `top-3`, ... With integer-coded labels pass `classes`
     (from :func:`encode_labels`) to name them; otherwise the codes are used as names.
     """
-    indices = np.asarray(indices)
-    q, kc, found = _coded(query_labels, key_labels, levels)
+    ranks, q, found = _checked_ranks(indices, query_labels, key_labels, ks, levels)
     classes = found if found is not None else classes
-    _validate(indices, ks, len(q[levels[0]]), len(kc[levels[0]]))
     rows: list[dict] = []
     for lv in levels:
-        ranks = first_hit_rank(_neighbor_codes(indices[:, : max(ks)], kc[lv]), q[lv])
         present = None
         rates = {}
         for k in ks:
-            counts, hits = _class_rates(ranks, q[lv], k)
+            counts, hits = _class_rates(ranks[lv], q[lv], k)
             present = np.flatnonzero(counts)
             rates[k] = hits[present] / counts[present]
         names = classes[lv][present] if classes is not None else present

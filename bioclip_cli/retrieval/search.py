@@ -122,7 +122,49 @@ def _check_k(k: int, n_keys: int) -> None:
         raise ValueError(f"k={k} must be between 1 and the number of keys ({n_keys})")
 
 
-class FlatIndex:
+def _unit_rows(x: np.ndarray, normalize: bool) -> np.ndarray:
+    """:func:`l2_normalize` of `x`, or (`normalize=False`: already unit rows) `x` as contiguous float32."""
+    return l2_normalize(x) if normalize else np.ascontiguousarray(x, dtype=np.float32)
+
+
+class _ChunkedIndex:
+    """The search loop of the indexes: query chunks (:meth:`_bounds`), each searched (:meth:`_search_chunk`)
+    into the preallocated [Q, k] results."""
+
+    n_keys: int
+    dim: int
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        chunk_size: int = DEFAULT_CHUNK,
+        normalize: bool = True,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`(scores float32 [Q, k], indices int64 [Q, k])`, best first; `progress(n)` after each chunk."""
+        queries = _unit_rows(queries, normalize)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(f"queries of shape {queries.shape} do not match keys of width {self.dim}")
+        _check_k(k, self.n_keys)
+        n = queries.shape[0]
+        scores = np.empty((n, k), dtype=np.float32)
+        indices = np.empty((n, k), dtype=np.int64)
+        for s, e in self._bounds(n, chunk_size):
+            scores[s:e], indices[s:e] = self._search_chunk(queries[s:e], k)
+            if progress is not None:
+                progress(e - s)
+        return scores, indices
+
+    def _bounds(self, n: int, chunk_size: int) -> list[tuple[int, int]]:
+        return _chunks(n, chunk_size)
+
+    def _search_chunk(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+
+class FlatIndex(_ChunkedIndex):
     """Exact inner-product search over fixed keys; build once, search with several query sets.
 
     `keys` are L2-normalised here unless `normalize=False` (then they must be unit float32 rows already).
@@ -135,7 +177,7 @@ class FlatIndex:
     """
 
     def __init__(self, keys: np.ndarray, *, device: str = "auto", normalize: bool = True):
-        keys = l2_normalize(keys) if normalize else np.ascontiguousarray(keys, dtype=np.float32)
+        keys = _unit_rows(keys, normalize)
         if keys.ndim != 2:
             raise ValueError(f"keys must be a 2-D array, got shape {keys.shape}")
         self.n_keys, self.dim = keys.shape
@@ -154,34 +196,15 @@ class FlatIndex:
         else:
             self._cpu_index = self._index = _faiss_flat(keys)
 
-    def search(
-        self,
-        queries: np.ndarray,
-        k: int,
-        *,
-        chunk_size: int = DEFAULT_CHUNK,
-        normalize: bool = True,
-        progress: Callable[[int], None] | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """`(scores float32 [Q, k], indices int64 [Q, k])`, best first; `progress(n)` after each chunk."""
-        queries = l2_normalize(queries) if normalize else np.ascontiguousarray(queries, dtype=np.float32)
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise ValueError(f"queries of shape {queries.shape} do not match keys of width {self.dim}")
-        _check_k(k, self.n_keys)
-        n = queries.shape[0]
-        scores = np.empty((n, k), dtype=np.float32)
-        indices = np.empty((n, k), dtype=np.int64)
+    def _bounds(self, n: int, chunk_size: int) -> list[tuple[int, int]]:
         if self.backend == "torch":
             chunk_size = max(1, min(chunk_size, _TORCH_BUDGET // (4 * self.n_keys)))
-        minimum = _min_chunk(n) if self.backend == "faiss-cpu" else 1
-        for s, e in _chunks(n, chunk_size, minimum):
-            if self.backend == "faiss-cpu":
-                scores[s:e], indices[s:e] = self._index.search(queries[s:e], k)
-            else:
-                scores[s:e], indices[s:e] = self._accelerated(queries[s:e], k)
-            if progress is not None:
-                progress(e - s)
-        return scores, indices
+        return _chunks(n, chunk_size, _min_chunk(n) if self.backend == "faiss-cpu" else 1)
+
+    def _search_chunk(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.backend == "faiss-cpu":
+            return self._index.search(queries, k)
+        return self._accelerated(queries, k)
 
     def _accelerated(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         width = min(self.n_keys, k + 1)
@@ -269,7 +292,7 @@ class IVFSettings:
     n_train: int
 
 
-class IVFIndex:
+class IVFIndex(_ChunkedIndex):
     """Approximate inner-product search: faiss `IndexIVFFlat` (k-means cells, `nprobe` cells searched).
 
     `nlist` defaults to 4·sqrt(n_keys) cells (at most n_keys/39, the fewest training points per cell faiss
@@ -288,7 +311,7 @@ class IVFIndex:
         seed: int = 0,
     ):
         faiss = _faiss()
-        keys = l2_normalize(keys) if normalize else np.ascontiguousarray(keys, dtype=np.float32)
+        keys = _unit_rows(keys, normalize)
         self.n_keys, self.dim = keys.shape
         if nlist is None:
             nlist = max(1, min(int(4 * math.sqrt(self.n_keys)), self.n_keys // 39))
@@ -313,25 +336,8 @@ class IVFIndex:
         self._index = index
         self._keys = keys  # for the exact search of the recall sample
 
-    def search(
-        self,
-        queries: np.ndarray,
-        k: int,
-        *,
-        chunk_size: int = DEFAULT_CHUNK,
-        normalize: bool = True,
-        progress: Callable[[int], None] | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        queries = l2_normalize(queries) if normalize else np.ascontiguousarray(queries, dtype=np.float32)
-        _check_k(k, self.n_keys)
-        n = queries.shape[0]
-        scores = np.empty((n, k), dtype=np.float32)
-        indices = np.empty((n, k), dtype=np.int64)
-        for s, e in _chunks(n, chunk_size):
-            scores[s:e], indices[s:e] = self._index.search(queries[s:e], k)
-            if progress is not None:
-                progress(e - s)
-        return scores, indices
+    def _search_chunk(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._index.search(queries, k)
 
     def recall(
         self, queries: np.ndarray, indices: np.ndarray, *, sample: int = 1000, seed: int = 0, normalize: bool = True

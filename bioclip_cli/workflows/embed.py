@@ -5,7 +5,9 @@ preset (ours, or a published BIOSCAN-CLIP / CLIBD `.pth`), or a preset alone (pr
 seeded random heads: the untrained `none-*` baselines). For `--split val` the groups are
 `data.val_groups` (seen, unseen) and `data.key_group`; for `--split test` `data.test_groups`.
 
-Encoding runs under `torch.inference_mode` (optionally in bf16 autocast), batch by batch; with several
+Encoding runs under `torch.inference_mode` (optionally in bf16 autocast), batch by batch, with the LoRA
+updates folded into the base weights (`eval.merge_lora`, on by default: faster, and equal to the unmerged
+model within float rounding; :meth:`~bioclip_cli.models.clip.BioClipModel.lora_merged`); with several
 processes (`accelerate launch`) every process encodes a shard of each group and the rows are gathered back
 in file order (:func:`bioclip_cli.workflows.sampler.shard_rows`). The main process streams them into
 `extracted_feature_from_{split}_split.hdf5` + `labels_{split}.json` under `OUT/embeddings/`.
@@ -71,6 +73,11 @@ def _autocast(device: torch.device, autocast: str):
     return nullcontext()
 
 
+def lora_merged_if(model, merge: bool):
+    """`model.lora_merged()` when `merge` (see `eval.merge_lora`), else a context that changes nothing."""
+    return model.lora_merged() if merge else nullcontext()
+
+
 def encode_rows(
     model: torch.nn.Module,
     dataset: EvalDataset,
@@ -85,7 +92,9 @@ def encode_rows(
     """`(first_row, {modality: float32 [n, d]})` for consecutive blocks of the group's rows, in file order.
 
     With an `accelerator` of several processes, every process must call this with the same dataset; each
-    encodes its shard and every process receives the gathered rows. The model is put in eval mode.
+    encodes its shard and every process receives the gathered rows. The model is put in eval mode. It is
+    used as it is: callers merge LoRA around the whole loop (:func:`lora_merged_if`), as :func:`encode_group`
+    and :func:`embed` do.
     """
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     n = len(dataset)
@@ -124,12 +133,17 @@ def encode_rows(
         raise RuntimeError(f"encoded {start} rows of {n} in group {dataset.group!r}")
 
 
-def encode_group(model, dataset: EvalDataset, **kwargs) -> dict[str, np.ndarray]:
-    """All rows of a group, encoded: {modality: float32 [N, d]} (see :func:`encode_rows`)."""
+def encode_group(model, dataset: EvalDataset, *, merge_lora: bool = True, **kwargs) -> dict[str, np.ndarray]:
+    """All rows of a group, encoded: {modality: float32 [N, d]} (see :func:`encode_rows`).
+
+    `merge_lora` (the default of `eval.merge_lora`): with the LoRA updates folded into the base weights
+    meanwhile; the weights are restored bit for bit afterwards, so training's evaluation can use it.
+    """
     parts: dict[str, list[np.ndarray]] = {}
-    for _, feats in encode_rows(model, dataset, **kwargs):
-        for m, x in feats.items():
-            parts.setdefault(m, []).append(x)
+    with lora_merged_if(model, merge_lora):
+        for _, feats in encode_rows(model, dataset, **kwargs):
+            for m, x in feats.items():
+                parts.setdefault(m, []).append(x)
     return {m: np.concatenate(xs) for m, xs in parts.items()}
 
 
@@ -252,6 +266,8 @@ def embedding_fingerprint(cfg: RunConfig, checkpoint: Path | None, split: str, d
         "split": split,
         "dtype": dtype,
     }
+    if any(getattr(cfg.model, m).finetune == "lora" for m in cfg.model.modalities):
+        payload["merge_lora"] = cfg.eval.merge_lora  # rounding differs; without LoRA merging changes nothing
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -331,23 +347,24 @@ def embed(
     start = time.perf_counter()
     batch = batch_size or cfg.eval.batch_size
     try:
-        for role in todo:
-            ds = datasets[role]
-            bar_ctx = progress_bar(len(ds), f"Embedding {ds.group}", unit="rows") if main else nullcontext(Bar())
-            with bar_ctx as bar:
-                labels = ds.labels if main else None
-                ids = ds.sample_ids if main else None
-                group_writer = writer.group_writer(role, len(ds)) if main else None
-                for first, feats in encode_rows(
-                    model, ds, device=accelerator.device, batch_size=batch, num_workers=cfg.data.num_workers,
-                    autocast=cfg.eval.autocast, accelerator=accelerator, bar=bar,
-                ):  # fmt: skip
+        with lora_merged_if(model, cfg.eval.merge_lora):  # once around all groups
+            for role in todo:
+                ds = datasets[role]
+                bar_ctx = progress_bar(len(ds), f"Embedding {ds.group}", unit="rows") if main else nullcontext(Bar())
+                with bar_ctx as bar:
+                    labels = ds.labels if main else None
+                    ids = ds.sample_ids if main else None
+                    group_writer = writer.group_writer(role, len(ds)) if main else None
+                    for first, feats in encode_rows(
+                        model, ds, device=accelerator.device, batch_size=batch, num_workers=cfg.data.num_workers,
+                        autocast=cfg.eval.autocast, accelerator=accelerator, bar=bar,
+                    ):  # fmt: skip
+                        if group_writer is not None:
+                            rows = slice(first, first + len(next(iter(feats.values()))))
+                            group_writer.append(feats, {lv: v[rows] for lv, v in labels.items()}, ids[rows])
                     if group_writer is not None:
-                        rows = slice(first, first + len(next(iter(feats.values()))))
-                        group_writer.append(feats, {lv: v[rows] for lv, v in labels.items()}, ids[rows])
-                if group_writer is not None:
-                    group_writer.close()
-            result.encoded.append(role)
+                        group_writer.close()
+                result.encoded.append(role)
         if main:
             writer.finalize()
             info["complete"] = True

@@ -296,12 +296,13 @@ def _prepare(inputs: list[QueryInput], cfg) -> tuple[list[Prediction], dict, dic
 
 
 def _embed(cfg, checkpoint: Path, device: str | None, batch_size: int, pixels: dict, barcodes: dict) -> dict:
-    """{"image": {index: unit vector}, "dna": {index: unit vector}} with the run's model, batch by batch."""
+    """{"image": {index: unit vector}, "dna": {index: unit vector}} with the run's model, batch by batch (LoRA
+    merged or not as the run's `eval.merge_lora` says, as `bioclip embed` embedded the keys)."""
     import torch
 
     from bioclip_cli.data.dna import kmer_tokenize
     from bioclip_cli.progress import progress_bar
-    from bioclip_cli.workflows.embed import build_embedding_model
+    from bioclip_cli.workflows.embed import build_embedding_model, lora_merged_if
 
     feats: dict[str, dict[int, np.ndarray]] = {"image": {}, "dna": {}}
     if not pixels and not barcodes:
@@ -317,7 +318,8 @@ def _embed(cfg, checkpoint: Path, device: str | None, batch_size: int, pixels: d
         ids, mask = kmer_tokenize([barcodes[i] for i in rows], d.k, d.max_len, d.prefix_id)
         return model.encode_dna(torch.from_numpy(ids).to(dev), torch.from_numpy(mask).to(dev))
 
-    with progress_bar(len(pixels) + len(barcodes), "Embedding inputs", unit="inputs") as bar, torch.inference_mode():
+    bar_ctx = progress_bar(len(pixels) + len(barcodes), "Embedding inputs", unit="inputs")
+    with bar_ctx as bar, lora_merged_if(model, cfg.eval.merge_lora), torch.inference_mode():  # as `bioclip embed`
         for modality, rows, encode in (("image", list(pixels), image_batch), ("dna", list(barcodes), dna_batch)):
             for s in range(0, len(rows), batch_size):
                 block = rows[s : s + batch_size]

@@ -334,7 +334,8 @@ def train(
         with progress_bar(rows, "evaluating", unit="rows") if main else nullcontext(Bar()) as bar:
             feats = {
                 role: encode_group(raw, ds, device=device, batch_size=cfg.eval.batch_size, num_workers=num_workers,
-                                   autocast=eval_autocast, accelerator=accelerator, bar=bar)
+                                   autocast=eval_autocast, accelerator=accelerator, bar=bar,
+                                   merge_lora=cfg.eval.merge_lora)
                 for role, ds in eval_sets.items()
             }  # fmt: skip
         raw.train()
