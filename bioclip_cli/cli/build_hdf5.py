@@ -57,7 +57,10 @@ def command(
         str, typer.Option("--check-images", help="markers (fast: start/end markers) or decode (full decode).")
     ] = "markers",
     workers: Annotated[
-        int | None, typer.Option("--workers", help="Threads reading and checking images (default: CPUs, at most 8).")
+        int | None,
+        typer.Option(
+            "--workers", help="Threads reading images while reading is slow (disk, network; default: CPUs, at most 8)."
+        ),
     ] = None,
     partition: Annotated[
         Path | None,
@@ -70,15 +73,14 @@ def command(
     The file is written to `<out>.partial` and renamed when complete.
     """
     from bioclip_cli.cli import output
-    from bioclip_cli.errors import BioclipError
-    from bioclip_cli.workflows.build_hdf5 import build_1m, build_5m
+    from bioclip_cli.workflows.build_hdf5 import build_hdf5
 
-    if dataset not in ("5m", "1m"):
-        raise BioclipError(
-            f"unknown release {dataset!r}; choose 5m or 1m", "bioclip build-hdf5 5m --root data/ --out F"
-        )
-    split_list = [s.strip() for s in splits.split(",") if s.strip()] if splits else None
-    common = dict(
+    report = build_hdf5(
+        dataset,
+        root,
+        out,
+        [s.strip() for s in splits.split(",") if s.strip()] if splits else None,
+        partition=partition,
         image_package=image_package,
         text_tokenizer=text_tokenizer,
         reencode_quality=reencode_quality,
@@ -87,10 +89,6 @@ def command(
         check_images=check_images,
         workers=workers,
     )
-    if dataset == "5m":
-        report = build_5m(root, out, split_list, **common)
-    else:
-        report = build_1m(root, out, split_list, partition=partition, **common)
     output.print_table(report.group_rows(), title=f"{out} ({report.rows_written} specimens)")
     if report.problems:
         output.print_table(report.problem_rows(), title="bad input (ids in the report)")

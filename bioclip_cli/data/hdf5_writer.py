@@ -2,12 +2,17 @@
 
 Rows are appended in batches to chunked, resizable datasets, so a file of any size is written with
 bounded memory. ``image`` is uint8 [N, L] with L the longest JPEG so far (the width grows as needed;
-rows are zero padded), ``image_mask`` int64 [N] the byte lengths, strings are variable-length UTF-8,
-language tokens int64 [N, max_len].
+rows are zero padded), ``image_mask`` int64 [N] the byte lengths, language tokens int64 [N, max_len].
+Strings are fixed-width UTF-8 byte strings, as in the published files, for the columns whose widest
+value is known beforehand (``string_widths``: `build-hdf5` scans the metadata first); otherwise
+variable-length UTF-8.
 
 Image rows are stored 8 to a chunk and written with HDF5's direct chunk write (no selection or type
 machinery per row: several times faster than a plain slice assignment); a random row read then touches
-one chunk. Rows that do not fill a chunk yet wait in memory until the next append or :meth:`close`.
+one chunk. The padded chunks of an append are made with one ``bytes.join`` (each JPEG followed by a view
+of a zero buffer). Rows that do not fill a chunk yet wait in memory until the next append or :meth:`close`.
+Datasets are created and written through h5py's low-level API (one call per column and append; the
+creation properties are made once per file), which keeps the cost of the many small groups low.
 """
 
 from __future__ import annotations
@@ -20,24 +25,28 @@ import numpy as np
 from bioclip_cli.data.hdf5 import TOKEN_KEYS, TOKEN_PREFIX
 
 IMAGE_CHUNK_ROWS = 8  # image rows per chunk
-_ROW_CHUNK = 4096  # rows per chunk of the 1-D datasets
+_ROW_CHUNK = 4096  # rows per chunk of the 1-D datasets (fewer for wide fixed-width strings: about 64 KiB a chunk)
+_STRING_CHUNK_BYTES = 1 << 16
 _TOKEN_CHUNK = 512  # rows per chunk of the token datasets (3 x 80 KiB fit h5py's default 1 MiB chunk cache)
-_WIDTH_STEP = 1024  # image chunk width: the first batch's longest JPEG rounded up to this
+_WIDTH_STEP = 256  # image chunk width: the first batch's longest JPEG rounded up to this
+_JOIN_ROWS = 64  # image rows padded and joined at once (a buffer that stays in cache: faster than larger ones)
 
 
 class GroupWriter:
     """Appends rows to one group. Datasets are created on the first append (or by :meth:`create`)."""
 
-    def __init__(self, group):
+    def __init__(self, group, maker: _DatasetMaker):
         self.group = group
+        self._maker = maker
         self._string_names: list[str] | None = None
         self._has_images: bool | None = None
         self._has_tokens: bool | None = None
         self._rows = 0
         self._pending: list[bytes] = []  # image rows not yet written (less than a chunk)
         self._images_written = 0
-        self._handles: dict = {}
+        self._handles: dict = {}  # name -> low-level DatasetID
         self._chunks: tuple[int, int] | None = None
+        self._zeros: memoryview | None = None  # one chunk row of zeros
 
     def __len__(self) -> int:
         return self._rows
@@ -60,119 +69,132 @@ class GroupWriter:
         if self._string_names is None:
             longest = max((len(b) for b in images), default=1) if images is not None else None
             token_len = np.asarray(tokens["input_ids"]).shape[1] if tokens is not None else None
-            self.create(list(strings), image_width=longest, token_len=token_len)
+            self.create(list(strings), image_width=longest, token_len=token_len, rows_hint=n)
         if sorted(strings) != self._string_names or (images is not None) != self._has_images:
             raise ValueError(f"group {self.group.name}: every append must give the same columns")
         if (tokens is not None) != self._has_tokens:
             raise ValueError(f"group {self.group.name}: every append must give tokens, or none")
         if n == 0:
             return
-        start, end = self._rows, self._rows + n
-        for name, values in strings.items():
-            ds = self._dataset(name)
-            ds.resize((end,))
-            column = np.empty(n, dtype=object)
-            column[:] = values
-            try:
-                ds[start:end] = column
-            except TypeError:  # not all str (h5py converts the whole column before writing anything)
-                column[:] = [str(v) for v in values]
-                ds[start:end] = column
+        start = self._rows
+        columns = {name: self._maker.string_column(name, values) for name, values in strings.items()}  # all, or none
+        for name, column in columns.items():
+            self._write_rows(name, start, column)
         if images is not None:
             self._append_images(start, images)
         if tokens is not None:
             for key in TOKEN_KEYS:
-                ds = self._dataset(TOKEN_PREFIX + key)
-                ds.resize((end, ds.shape[1]))
-                ds[start:end] = np.asarray(tokens[key], dtype=np.int64)
-        self._rows = end
+                self._write_rows(TOKEN_PREFIX + key, start, np.ascontiguousarray(tokens[key], dtype=np.int64))
+        self._rows = start + n
 
     def _dataset(self, name: str):
-        """The h5py dataset `name` of this group (handles are kept: a group lookup per call costs)."""
-        ds = self._handles.get(name)
-        if ds is None:
-            ds = self._handles[name] = self.group[name]
-        return ds
+        """The low-level h5py DatasetID of `name` (kept from its creation: a group lookup per call costs)."""
+        dsid = self._handles.get(name)
+        if dsid is None:
+            dsid = self._handles[name] = self.group[name].id
+        return dsid
 
-    def create(self, string_names: Sequence[str], image_width: int | None = 1, token_len: int | None = None) -> None:
+    def _write_rows(self, name: str, start: int, values: np.ndarray) -> None:
+        """Write `values` as rows ``start...`` of dataset `name`, growing it, through the low-level API."""
+        from h5py import h5s
+
+        dsid = self._dataset(name)
+        shape = dsid.shape
+        end = start + len(values)
+        if end > shape[0]:
+            dsid.set_extent((end, *shape[1:]))
+        fspace = dsid.get_space()
+        fspace.select_hyperslab((start,) + (0,) * (len(shape) - 1), values.shape)
+        dsid.write(h5s.create_simple(values.shape), fspace, values)
+
+    def create(
+        self,
+        string_names: Sequence[str],
+        image_width: int | None = 1,
+        token_len: int | None = None,
+        rows_hint: int | None = None,
+    ) -> None:
         """Create the (empty) datasets: the string columns, ``image``/``image_mask`` unless `image_width`
         is None (it sets the chunk width), and the language tokens when `token_len` is given.
-        A group that receives no rows still gets its datasets this way. Does nothing once created."""
-        import h5py
-
+        `rows_hint` (the rows of the first append) caps the rows per chunk of the row datasets, so that a
+        small group gets small chunks. A group that receives no rows still gets its datasets this way.
+        Does nothing once created."""
         if self._string_names is not None:
             return
         self._string_names = sorted(string_names)
         self._has_images = image_width is not None
         self._has_tokens = token_len is not None
-        text = h5py.string_dtype("utf-8")
-        first = None
+        rows = max(64, 1 << max(0, (rows_hint or 0) - 1).bit_length()) if rows_hint is not None else None
+        make = self._maker.create
         for name in self._string_names:
-            if first is None:
-                first = self.group.create_dataset(name, shape=(0,), maxshape=(None,), dtype=text, chunks=(_ROW_CHUNK,))
-            else:  # the same type and creation properties through the low-level API: several times cheaper
-                h5py.h5d.create(
-                    self.group.id,
-                    name.encode(),
-                    first.id.get_type(),
-                    first.id.get_space(),
-                    dcpl=first.id.get_create_plist(),
-                )
+            self._handles[name] = make(self.group, name, self._maker.string_dtype(name), rows=rows)
         if image_width is not None:
             width = max(_WIDTH_STEP, -(-image_width // _WIDTH_STEP) * _WIDTH_STEP)
-            chunks = (IMAGE_CHUNK_ROWS, width)
-            self.group.create_dataset("image", shape=(0, 0), maxshape=(None, None), dtype=np.uint8, chunks=chunks)
-            self.group.create_dataset("image_mask", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(_ROW_CHUNK,))
+            self._handles["image"] = make(self.group, "image", np.uint8, (IMAGE_CHUNK_ROWS, width))
+            self._handles["image_mask"] = make(self.group, "image_mask", np.int64, rows=rows)
+            self._chunks = (IMAGE_CHUNK_ROWS, width)
+            self._zeros = memoryview(bytes(width))
         if token_len is not None:
             for key in TOKEN_KEYS:
-                self.group.create_dataset(
-                    TOKEN_PREFIX + key,
-                    shape=(0, token_len),
-                    maxshape=(None, token_len),
-                    dtype=np.int64,
-                    chunks=(_TOKEN_CHUNK, token_len),
-                )
+                name = TOKEN_PREFIX + key
+                chunk = (min(_TOKEN_CHUNK, rows or _TOKEN_CHUNK), token_len)
+                self._handles[name] = make(self.group, name, np.int64, chunk)
 
     def _append_images(self, start: int, images: Sequence[bytes]) -> None:
-        image, mask = self._dataset("image"), self._dataset("image_mask")
-        n = len(images)
-        lengths = np.fromiter((len(b) for b in images), dtype=np.int64, count=n)
+        lengths = np.fromiter(map(len, images), dtype=np.int64, count=len(images))
+        image = self._dataset("image")
         width = max(image.shape[1], int(lengths.max(initial=0)))
-        image.resize((start + n, width))
-        mask.resize((start + n,))
-        mask[start:] = lengths
+        image.set_extent((start + len(images), width))
+        self._write_rows("image_mask", start, lengths)
         self._pending.extend(images)
         full = len(self._pending) // IMAGE_CHUNK_ROWS * IMAGE_CHUNK_ROWS
         if full:
-            self._write_chunks(self._pending[:full])
+            for lo in range(0, full, _JOIN_ROWS):
+                self._write_chunks(self._pending[lo : min(full, lo + _JOIN_ROWS)])
             del self._pending[:full]
 
     def _write_chunks(self, rows: list[bytes]) -> None:
-        """Write whole chunks of image rows at `_images_written` (the last chunk may be partly filled)."""
-        ds = self._dataset("image")
-        if self._chunks is None:
-            self._chunks = ds.chunks
+        """Write whole chunks of image rows at `_images_written` (the last chunk may be partly filled).
+
+        The first chunk column of every row comes from one joined, zero-padded buffer; the rare rows longer
+        than a chunk are written on in further chunk columns (only where a row reaches them)."""
+        dsid = self._dataset("image")
         chunk_rows, chunk_width = self._chunks
-        write = ds.id.write_direct_chunk
-        for lo in range(0, len(rows), chunk_rows):
-            part = rows[lo : lo + chunk_rows]
-            lengths = [len(data) for data in part]
-            n_cols = max(1, -(-max(lengths) // chunk_width))
-            block = np.zeros((chunk_rows, n_cols * chunk_width), dtype=np.uint8)
-            for r, data in enumerate(part):
-                block[r, : lengths[r]] = np.frombuffer(data, dtype=np.uint8)
-            first = self._images_written + lo
-            if n_cols == 1:
-                if any(lengths):  # an all-empty chunk stays unwritten (it reads as zeros)
-                    write((first, 0), block)  # any C-contiguous buffer: no bytes copy
-                continue
-            for c in range(n_cols):
-                if any(n > c * chunk_width for n in lengths):
-                    write(
-                        (first, c * chunk_width),
-                        np.ascontiguousarray(block[:, c * chunk_width : (c + 1) * chunk_width]),
-                    )
+        zeros = self._zeros
+        lengths = [len(data) for data in rows]
+        parts: list = []
+        longest = max(lengths)
+        if longest <= chunk_width:
+            for data, n in zip(rows, lengths):
+                parts += (data, zeros[n:])
+        else:
+            for data, n in zip(rows, lengths):
+                parts += (data, zeros[n:]) if n <= chunk_width else (memoryview(data)[:chunk_width],)
+        n_chunks = -(-len(rows) // chunk_rows)
+        parts.append(bytes((n_chunks * chunk_rows - len(rows)) * chunk_width))  # fill the last chunk
+        block = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(n_chunks * chunk_rows, chunk_width)
+        written = np.add.reduceat(np.asarray(lengths), np.arange(0, len(rows), chunk_rows)) > 0
+        write = dsid.write_direct_chunk
+        first = self._images_written
+        for c, lo in enumerate(range(0, len(rows), chunk_rows)):
+            if written[c]:  # an all-empty chunk stays unwritten (it reads as zeros)
+                write((first + lo, 0), block[lo : lo + chunk_rows])  # a C-contiguous view: no copy
+        if longest > chunk_width:
+            self._write_spill(rows, lengths, first)
         self._images_written += len(rows)
+
+    def _write_spill(self, rows: list[bytes], lengths: list[int], first: int) -> None:
+        """The chunk columns after the first, for the chunks holding a row longer than the chunk width."""
+        chunk_rows, chunk_width = self._chunks
+        write = self._dataset("image").write_direct_chunk
+        for lo in range(0, len(rows), chunk_rows):
+            longest = max(lengths[lo : lo + chunk_rows])
+            for c in range(1, -(-longest // chunk_width)):
+                block = np.zeros((chunk_rows, chunk_width), dtype=np.uint8)
+                for r in range(lo, min(lo + chunk_rows, len(rows))):
+                    part = rows[r][c * chunk_width : (c + 1) * chunk_width]
+                    block[r - lo, : len(part)] = np.frombuffer(part, dtype=np.uint8)
+                write((first + lo, c * chunk_width), block)
 
     def finish(self) -> None:
         """Write the image rows still waiting for a full chunk (called by :meth:`BioscanH5Writer.close`)."""
@@ -181,10 +203,81 @@ class GroupWriter:
             self._pending = []
 
 
-class BioscanH5Writer:
-    """Creates a BIOSCAN HDF5 file; ``with BioscanH5Writer(path) as w: w.group("val_seen").append(...)``."""
+class _DatasetMaker:
+    """Creates the datasets of one file through the low-level API, with each creation property list and type made
+    once, and converts string columns to their stored type."""
 
-    def __init__(self, path: str | Path, attrs: Mapping[str, object] | None = None):
+    def __init__(self, file, string_widths: Mapping[str, int]):
+        self.file = file
+        self.string_widths = dict(string_widths)
+        self._types: dict = {}
+        self._plists: dict = {}
+
+    def string_dtype(self, name: str) -> np.dtype:
+        import h5py
+
+        width = self.string_widths.get(name)
+        return np.dtype(f"S{max(1, width)}") if width is not None else h5py.string_dtype("utf-8")
+
+    def create(self, group, name: str, dtype, chunks: tuple[int, ...] | None = None, rows: int | None = None):
+        """An empty dataset [0, ...] growing along its first axis (and its second for 2-D ``image``); 1-D
+        datasets get chunks of `rows` rows at most (and of about 64 KiB at most for wide strings)."""
+        from h5py import h5d, h5p, h5s, h5t
+
+        dtype = np.dtype(dtype)
+        if chunks is None:
+            chunks = (max(64, min(_ROW_CHUNK, rows or _ROW_CHUNK, _STRING_CHUNK_BYTES // dtype.itemsize)),)
+        key = (dtype.str, dtype.metadata and "vlen", chunks)
+        tid = self._types.get(key[:2])
+        if tid is None:
+            tid = self._types[key[:2]] = h5t.py_create(dtype, logical=True)
+        dcpl = self._plists.get(chunks)
+        if dcpl is None:
+            dcpl = self._plists[chunks] = h5p.create(h5p.DATASET_CREATE)
+            dcpl.set_chunk(chunks)
+        if len(chunks) == 1:
+            space = h5s.create_simple((0,), (h5s.UNLIMITED,))
+        elif name == "image":
+            space = h5s.create_simple((0, 0), (h5s.UNLIMITED, h5s.UNLIMITED))
+        else:
+            space = h5s.create_simple((0, chunks[1]), (h5s.UNLIMITED, chunks[1]))
+        return h5d.create(group.id, name.encode(), tid, space, dcpl=dcpl)
+
+    def string_column(self, name: str, values: Sequence[str]) -> np.ndarray:
+        """`values` as the stored type: fixed-width UTF-8 bytes (never cut: a longer value is an error) or
+        variable-length str (values that are not str are written as ``str(value)``)."""
+        width = self.string_widths.get(name)
+        if width is None:
+            column = np.empty(len(values), dtype=self.string_dtype(name))
+            column[:] = [v if isinstance(v, str) else str(v) for v in values]
+            return column
+        width = max(1, width)
+        try:
+            too_wide = len(values) > 0 and max(map(len, values)) > width  # characters: a lower bound of the bytes
+            column = None if too_wide else np.array(values, dtype=f"S{width}")  # ASCII: numpy encodes
+        except UnicodeEncodeError:
+            encoded = [v.encode("utf-8") for v in values]
+            too_wide = max(map(len, encoded)) > width
+            column = None if too_wide else np.array(encoded, dtype=f"S{width}")
+        if too_wide:
+            longest = max(values, key=lambda v: len(v.encode("utf-8")))
+            raise ValueError(
+                f"a {name} value is wider ({len(longest.encode())} bytes) than its dataset ({width}): {longest!r}"
+            )
+        return column
+
+
+class BioscanH5Writer:
+    """Creates a BIOSCAN HDF5 file; ``with BioscanH5Writer(path) as w: w.group("val_seen").append(...)``.
+
+    `string_widths` (column -> widest value in UTF-8 bytes) makes those columns fixed-width byte strings."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        attrs: Mapping[str, object] | None = None,
+        string_widths: Mapping[str, int] | None = None,
+    ):
         import h5py
 
         self.path = Path(path)
@@ -192,18 +285,21 @@ class BioscanH5Writer:
         self.file = h5py.File(self.path, "w")
         for key, value in (attrs or {}).items():
             self.file.attrs[key] = value
+        self._maker = _DatasetMaker(self.file, string_widths or {})
         self._groups: dict[str, GroupWriter] = {}
 
     def group(self, name: str) -> GroupWriter:
         if name not in self._groups:
-            self._groups[name] = GroupWriter(self.file.create_group(name))
+            self._groups[name] = GroupWriter(self.file.create_group(name), self._maker)
         return self._groups[name]
 
     def close(self) -> None:
         if self.file.id.valid:
-            for group in self._groups.values():
-                group.finish()
-            self.file.close()
+            try:
+                for group in self._groups.values():
+                    group.finish()
+            finally:
+                self.file.close()
 
     def __enter__(self) -> BioscanH5Writer:
         return self

@@ -1,9 +1,13 @@
 """`build-hdf5`: a raw BIOSCAN release -> the published HDF5 group layout (SPEC §4).
 
-Streams the metadata in batches (never all rows in memory); a thread pool reads and checks the image
-files of upcoming batches while the main thread writes the current one; each group's rows are appended
-to chunked, resizable datasets. The original JPEG bytes are stored unchanged unless `reencode_quality`
-is given. Output goes to ``OUT.partial`` and is renamed to ``OUT`` only when complete; every bad input is
+One quick pass over the metadata finds the widest value of each string column (the strings are stored
+fixed-width, as in the published files); then the metadata is streamed in blocks of rows (never all rows
+in memory), handled column-wise: the selection (splits, partition, duplicates) and the checks (barcode
+characters, missing ranks) are done per block, not per row. Image files are read and checked by an
+:class:`~bioclip_cli.data.build_raw.ImageReader` (by this thread while files come from the page cache,
+by a thread pool, ahead, while they are slow to read); each group's rows are buffered and appended to
+chunked, resizable datasets. The original JPEG bytes are stored unchanged unless `reencode_quality` is
+given. Output goes to ``OUT.partial`` and is renamed to ``OUT`` only when complete; every bad input is
 counted and listed in ``OUT.report.json`` (nothing is dropped silently).
 """
 
@@ -11,35 +15,38 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
-from collections import defaultdict, deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from collections import deque
+from dataclasses import dataclass, field, fields
+from operator import itemgetter
 from pathlib import Path
+
+import numpy as np
 
 from bioclip_cli import __version__
 from bioclip_cli.data.build_raw import (
     GROUPS_1M,
-    SPLITS_5M,
-    STRINGS_1M,
-    STRINGS_5M,
+    GROUPS_5M,
+    ImageReader,
     ProblemLog,
-    RawRecord,
+    RawBatch,
     Release1M,
     Release5M,
-    barcode_problem,
-    check_jpeg,
+    barcode_problems,
     groups_for_splits,
-    read_file,
-    reencode_jpeg,
+    missing_rank_bits,
+    rows_picker,
 )
 from bioclip_cli.data.hdf5_writer import BioscanH5Writer
-from bioclip_cli.data.taxonomy import LEVELS, NOT_CLASSIFIED, load_text_tokenizer, taxonomy_strings, tokenize_taxonomy
-from bioclip_cli.errors import DataError
+from bioclip_cli.data.taxonomy import LEVELS, load_text_tokenizer, taxonomy_strings, tokenize_taxonomy
+from bioclip_cli.errors import BioclipError, DataError
 from bioclip_cli.progress import progress_bar
 
-BATCH_ROWS = 256  # metadata rows per read/check task
-FLUSH_ROWS = 2048  # rows buffered per group before an HDF5 append
+BATCH_ROWS = 256  # image files per read/check task
+FLUSH_ROWS = 4096  # rows buffered per group before an HDF5 append...
+FLUSH_BYTES = 64 << 20  # ...or image bytes (large photographs)
+_ABSENT = [",".join(level for k, level in enumerate(LEVELS) if bits >> k & 1) for bits in range(16)]
 
 
 @dataclass
@@ -66,7 +73,20 @@ class BuildReport:
         return Path(self.out + ".report.json")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def to_json(self) -> str:
+        """Indented JSON, with each problem's id list and details on one line (fast for 10,000s of ids)."""
+        lists: list[str] = []
+        problems = {}
+        for kind, entry in self.problems.items():
+            problems[kind] = dict(entry)
+            for key in ("ids", "details"):
+                if key in entry:
+                    problems[kind][key] = f"\0{len(lists)}"  # a placeholder no path or option can hold
+                    lists.append(json.dumps(entry[key], ensure_ascii=False))
+        text = json.dumps(dict(self.to_dict(), problems=problems), indent=2, ensure_ascii=False)
+        return re.sub(r'"\\u0000(\d+)"', lambda m: lists[int(m.group(1))], text) + "\n"
 
     def group_rows(self) -> list[dict]:
         return [{"group": g, "rows": n} for g, n in self.groups.items()]
@@ -78,81 +98,26 @@ class BuildReport:
         ]
 
 
-def build_5m(
-    root: str | Path,
-    out: str | Path,
-    splits: list[str] | None = None,
-    *,
-    image_package: str = "cropped_256",
-    text_tokenizer: str | None = None,
-    text_max_len: int = 20,
-    reencode_quality: int | None = None,
-    overwrite: bool = False,
-    on_bad_image: str = "skip",
-    check_images: str = "markers",
-    workers: int | None = None,
-) -> BuildReport:
+def build_5m(root: str | Path, out: str | Path, splits: list[str] | None = None, **options) -> BuildReport:
     """Build the BIOSCAN-5M HDF5 from the raw release under `root` (groups of SPEC §4, 5M mapping).
 
     `splits` selects metadata splits; a group is written when all its source splits are selected.
+    Options: those of :func:`build_hdf5`.
     """
-    out = Path(out)
-    _check_out(out, overwrite)
-    release = Release5M(root, image_package)
-    groups = groups_for_splits(splits)
-    split_groups: dict[str, list[str]] = defaultdict(list)
-    for group, sources in groups.items():
-        for split in sources:
-            split_groups[split].append(group)
-    selected = set(splits) if splits is not None else set(SPLITS_5M)
-
-    def records(log: ProblemLog, report: BuildReport):
-        seen: set[str] = set()
-        targets = {split: tuple(split_groups[split]) for split in selected if split_groups.get(split)}
-        make = release.make_record
-        for cells in release.cells(release.table()):
-            report.metadata_rows += 1
-            pid = cells[0].strip()
-            split = cells[1].strip()
-            if not pid:
-                log.add("missing_processid", f"line {report.metadata_rows + 1}", "skipped")
-                yield None
-                continue
-            if pid in seen:
-                log.add("duplicate_processid", pid, "kept the first row")
-                yield None
-                continue
-            seen.add(pid)
-            groups = targets.get(split)
-            if groups is None:
-                if split not in SPLITS_5M:
-                    log.add("unknown_split", pid, "in no group", f"split={split!r}")
-                else:
-                    report.rows_not_selected += 1
-                yield None
-                continue
-            yield make(cells, groups)
-
-    report = BuildReport(out=str(out), dataset="5m", root=str(Path(root)))
-    report.groups_skipped = [g for g in (groups_for_splits(None)) if g not in groups]
-    return _build(
-        records,
-        list(groups),
-        STRINGS_5M,
-        out,
-        report,
-        total=release.count_rows(),
-        text_tokenizer=text_tokenizer,
-        text_max_len=text_max_len,
-        reencode_quality=reencode_quality,
-        on_bad_image=on_bad_image,
-        check_images=check_images,
-        workers=workers,
-        options={"splits": splits, "image_package": image_package},
-    )
+    return build_hdf5("5m", root, out, splits, **options)
 
 
-def build_1m(
+def build_1m(root: str | Path, out: str | Path, splits: list[str] | None = None, **options) -> BuildReport:
+    """Build the BIOSCAN-1M HDF5 from the metadata TSV, the `part{N}` images and the partition files.
+
+    `splits` here names 1M groups (e.g. val_seen,val_unseen,all_keys); default: every partition file.
+    Options: those of :func:`build_hdf5` (``partition``: the folder of ``<group>.txt`` files).
+    """
+    return build_hdf5("1m", root, out, splits, **options)
+
+
+def build_hdf5(
+    release: str,
     root: str | Path,
     out: str | Path,
     splits: list[str] | None = None,
@@ -167,56 +132,56 @@ def build_1m(
     check_images: str = "markers",
     workers: int | None = None,
 ) -> BuildReport:
-    """Build the BIOSCAN-1M HDF5 from the metadata TSV, the `part{N}` images and the partition files.
-
-    `splits` here names 1M groups (e.g. val_seen,val_unseen,all_keys); default: every partition file.
-    """
+    """Build the HDF5 of `release` (``5m`` or ``1m``) from its raw files under `root` into `out`."""
+    if release not in ("5m", "1m"):
+        raise BioclipError(
+            f"unknown release {release!r}; choose 5m or 1m", "bioclip build-hdf5 5m --root data/ --out F"
+        )
     out = Path(out)
     _check_out(out, overwrite)
-    release = Release1M(root, partition, image_package)
-    if splits is not None:
-        unknown = [g for g in splits if g not in GROUPS_1M]
+    report = BuildReport(out=str(out), dataset=release, root=str(Path(root)))
+    options: dict = {"splits": splits, "image_package": image_package}
+    if release == "5m":
+        if partition is not None:
+            raise DataError(
+                partition, "--partition is for `build-hdf5 1m` (BIOSCAN-5M groups come from its split column)"
+            )
+        source = Release5M(root, image_package)
+        groups = groups_for_splits(splits)
+        group_names = list(groups)
+        report.groups_skipped = [g for g in GROUPS_5M if g not in groups]
+
+        def batches(log: ProblemLog):
+            return source.batches(groups, log)
+
+    else:
+        source = Release1M(root, partition, image_package)
+        unknown = [g for g in splits or [] if g not in GROUPS_1M]
         if unknown:
             raise DataError(
-                release.partition,
+                source.partition,
                 f"unknown BIOSCAN-1M group(s) {', '.join(unknown)}; the groups are: {', '.join(GROUPS_1M)}",
             )
-    membership = release.partition_groups(splits)
-    group_names = sorted({g for gs in membership.values() for g in gs}, key=_group_order)
+        membership = source.partition_groups(splits)
+        group_names = sorted({g for gs in membership.values() for g in gs}, key=_group_order)
+        options["partition"] = str(source.partition)
 
-    def records(log: ProblemLog, report: BuildReport):
-        seen: set[str] = set()
-        for row in release.rows():
-            report.metadata_rows += 1
-            sid = (row.get("sampleid") or "").strip()
-            key = (row.get("image_file") or "").strip() or sid
-            if key in seen:
-                log.add("duplicate_image_file", key, "kept the first row")
-                yield None
-                continue
-            seen.add(key)
-            groups = membership.get(sid)
-            if not groups:
-                report.rows_not_selected += 1
-                yield None
-                continue
-            yield release.record(row, tuple(groups))
+        def batches(log: ProblemLog):
+            return source.batches(membership, group_names, log)
 
-    report = BuildReport(out=str(out), dataset="1m", root=str(Path(root)))
     return _build(
-        records,
+        source,
+        batches,
         group_names,
-        STRINGS_1M,
         out,
         report,
-        total=release.count_rows(),
         text_tokenizer=text_tokenizer,
         text_max_len=text_max_len,
         reencode_quality=reencode_quality,
         on_bad_image=on_bad_image,
         check_images=check_images,
         workers=workers,
-        options={"splits": splits, "image_package": image_package, "partition": str(release.partition)},
+        options=options,
     )
 
 
@@ -229,36 +194,42 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise DataError(out, f"{out} already exists; it is kept", "pass --overwrite to replace it")
 
 
-def _load(paths: list[str], decode: bool, reencode_quality: int | None) -> list[tuple]:
-    """Read and check a batch of image files (runs in a worker thread): (bytes, problem kind, detail)."""
-    out = []
-    for path in paths:
-        try:
-            data = read_file(path)
-        except FileNotFoundError:
-            out.append((None, "missing_image", path))
-            continue
-        except OSError as exc:
-            out.append((None, "unreadable_image", f"{path}: {exc}"))
-            continue
-        problem = check_jpeg(data, decode=decode or reencode_quality is not None)
-        if problem is not None:
-            out.append((None, "bad_image", f"{problem}: {path}"))
-            continue
-        if reencode_quality is not None:
-            data = reencode_jpeg(data, reencode_quality)
-        out.append((data, None, None))
-    return out
+class _GroupBuffer:
+    """The rows of one group waiting for an HDF5 append, column-wise."""
+
+    def __init__(self, n_columns: int):
+        self.columns: list[list[str]] = [[] for _ in range(n_columns)]
+        self.images: list[bytes] = []
+        self.nbytes = 0
+
+    def extend(self, columns: list[list[str]], images: list[bytes], rows: np.ndarray) -> None:
+        if len(rows) > 1:
+            take = itemgetter(*rows.tolist())  # a tuple of the rows, in one C call
+        else:
+            take = rows_picker(rows, len(images))
+        for buf, column in zip(self.columns, columns):
+            buf.extend(take(column))
+        taken = take(images)
+        self.images.extend(taken)
+        self.nbytes += sum(map(len, taken))
+
+    def full(self) -> bool:
+        return len(self.images) >= FLUSH_ROWS or self.nbytes >= FLUSH_BYTES
+
+    def clear(self) -> None:
+        for buf in self.columns:
+            buf.clear()
+        self.images = []
+        self.nbytes = 0
 
 
 def _build(
-    records,
+    source: Release5M | Release1M,
+    batches,
     group_names: list[str],
-    string_columns: tuple[str, ...],
     out: Path,
     report: BuildReport,
     *,
-    total: int,
     text_tokenizer: str | None,
     text_max_len: int,
     reencode_quality: int | None,
@@ -294,103 +265,105 @@ def _build(
         "text_tokenizer": text_tokenizer or "",
     }
     start = time.perf_counter()
-    buffers: dict[str, list[tuple[tuple[str, ...], bytes]]] = {g: [] for g in group_names}
-    missing_ranks = dict.fromkeys(LEVELS, 0)
-    decode = check_images == "decode"
+    size = source.metadata.stat().st_size
+    with progress_bar(size, f"build-hdf5 {report.dataset}: scanning the metadata", unit="B") as bar:
+        total, widths = source.scan(bar.advance)  # the widest strings: the file stores fixed-width strings
+    string_columns = source.strings
+    buffers = {g: _GroupBuffer(len(string_columns)) for g in group_names}
+    missing_ranks = np.zeros(len(LEVELS), dtype=np.int64)
     try:
         with (
-            BioscanH5Writer(partial, attrs=attrs) as writer,
-            ThreadPoolExecutor(workers) as pool,
+            ImageReader(workers, check_images == "decode", reencode_quality) as reader,
+            BioscanH5Writer(partial, attrs=attrs, string_widths=widths) as writer,
             progress_bar(total, f"build-hdf5 {report.dataset}", unit="rows") as bar,
         ):
             for name in group_names:
                 writer.group(name)
-            pending: deque = deque()
 
             def flush(group: str) -> None:
-                _flush(writer, group, buffers[group], string_columns, tokenizer, text_max_len)
+                buf = buffers[group]
+                strings = dict(zip(string_columns, buf.columns))
+                tokens = None
+                if tokenizer is not None:
+                    text = taxonomy_strings(*(strings[level] for level in LEVELS))
+                    tokens = tokenize_taxonomy(tokenizer, text, text_max_len)
+                writer.group(group).append(strings, images=buf.images, tokens=tokens)
+                buf.clear()
 
             def consume() -> None:
-                batch, future, n_rows = pending.popleft()
-                loaded = future.result()
-                _store(batch, loaded, buffers, writer, log, on_bad_image, missing_ranks, report, flush)
-                bar.advance(n_rows)
+                batch, tasks = pending.popleft()
+                datas, problems = [], []
+                for lo, task in zip(range(0, len(batch), BATCH_ROWS), tasks):
+                    part, issues = reader.result(task)
+                    datas += part
+                    problems += [(lo + i, kind, detail) for i, kind, detail in issues]
+                good = _image_problems(batch, problems, log, on_bad_image)
+                _store(batch.subset(good), datas, good, buffers, log, missing_ranks, report, flush)
+                bar.advance(batch.rows_read)
 
-            def submit(batch: list[RawRecord], n_rows: int) -> None:
-                paths = [rec.image_path for rec in batch]
-                pending.append((batch, pool.submit(_load, paths, decode, reencode_quality), n_rows))
-
-            batch: list[RawRecord] = []
-            n_rows = 0
-            for rec in records(log, report):
-                n_rows += 1
-                if rec is not None:
-                    batch.append(rec)
-                if len(batch) >= BATCH_ROWS or n_rows >= 8 * BATCH_ROWS:
-                    submit(batch, n_rows)
-                    batch, n_rows = [], 0
-                    while len(pending) > 2 * workers:
-                        consume()
-            submit(batch, n_rows)
+            pending: deque = deque()
+            for batch in batches(log):
+                report.metadata_rows += batch.rows_read
+                report.rows_not_selected += batch.not_selected
+                paths = batch.paths
+                tasks = [reader.submit(paths[lo : lo + BATCH_ROWS]) for lo in range(0, len(paths), BATCH_ROWS)]
+                pending.append((batch, tasks))
+                if len(pending) > 1:  # the next block is read while this one is stored
+                    consume()
             while pending:
                 consume()
             for name in group_names:
-                _flush(writer, name, buffers[name], string_columns, tokenizer, text_max_len)
-                writer.group(name).create(string_columns, token_len=text_max_len if tokenizer else None)
+                if buffers[name].images:
+                    flush(name)
+                writer.group(name).create(string_columns, token_len=text_max_len if tokenizer else None, rows_hint=0)
             report.groups = {name: len(writer.group(name)) for name in group_names}
         os.replace(partial, out)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
     report.problems = log.to_dict()
-    report.missing_ranks = {k: v for k, v in missing_ranks.items() if v}
+    report.missing_ranks = {level: int(n) for level, n in zip(LEVELS, missing_ranks) if n}
     report.seconds = round(time.perf_counter() - start, 3)
     report.rows_per_second = round(report.rows_written / report.seconds, 1) if report.seconds else 0.0
-    report.report_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    report.report_path.write_text(report.to_json())
     return report
 
 
-def _store(batch, loaded, buffers, writer, log, on_bad_image, missing_ranks, report, flush) -> None:
-    """Check a loaded batch, log its problems and queue its good rows in every group they belong to."""
-    for rec, (data, kind, detail) in zip(batch, loaded):
-        if kind is not None:
-            if on_bad_image == "fail":
-                raise DataError(rec.image_path, f"bad input for {rec.id}: {kind.replace('_', ' ')} ({detail})")
-            log.add(kind, rec.id, "skipped", detail)
-            continue
-        values = rec.values  # barcode, order, family, genus, species, ...
-        issue = barcode_problem(values[0])
-        if issue:
-            log.add(issue, rec.id, "kept", None if issue == "empty_barcode" else _odd_chars(values[0]))
-        if NOT_CLASSIFIED in values[1:5]:
-            absent = [level for level, value in zip(LEVELS, values[1:5]) if value == NOT_CLASSIFIED]
-            for level in absent:
-                missing_ranks[level] += 1
-            log.add("missing_taxonomy", rec.id, "stored as not_classified", ",".join(absent))
-        report.rows_written += 1
-        report.image_bytes += len(data)
-        row = (values, data)
-        for group in rec.groups:
+def _image_problems(batch: RawBatch, problems: list, log: ProblemLog, on_bad_image: str) -> np.ndarray:
+    """Log the image problems of a batch (or fail at the first); the indices of its good rows."""
+    good = np.ones(len(batch), dtype=bool)
+    for i, kind, detail in problems:
+        if on_bad_image == "fail":
+            raise DataError(batch.paths[i], f"bad input for {batch.ids[i]}: {kind.replace('_', ' ')} ({detail})")
+        log.add(kind, batch.ids[i], "skipped", detail)
+        good[i] = False
+    return np.flatnonzero(good)
+
+
+def _store(batch: RawBatch, datas: list, good: np.ndarray, buffers, log, missing_ranks, report, flush) -> None:
+    """Check the rows with a good image (barcode, ranks: logged, kept) and queue them in their groups."""
+    images = rows_picker(good, len(datas))(datas)
+    ids = batch.ids
+    for i, kind, detail in barcode_problems(batch.columns[0]):
+        log.add(kind, ids[i], "kept", detail)
+    bits = missing_rank_bits(batch.columns[1:5])
+    absent = np.flatnonzero(bits)
+    if len(absent):
+        for k in range(len(LEVELS)):
+            missing_ranks[k] += int(np.count_nonzero(bits[absent] >> k & 1))
+        listed = absent[: log.room("missing_taxonomy")]  # ids beyond the report's cap are only counted
+        log.add_many(
+            "missing_taxonomy",
+            [ids[i] for i in listed.tolist()],
+            "stored as not_classified",
+            [_ABSENT[b] for b in bits[listed].tolist()],
+            count=len(absent),
+        )
+    report.rows_written += len(images)
+    report.image_bytes += sum(map(len, images))
+    for group, rows in batch.groups.items():
+        if len(rows):
             buf = buffers[group]
-            buf.append(row)
-            if len(buf) >= FLUSH_ROWS:
+            buf.extend(batch.columns, images, rows)
+            if buf.full():
                 flush(group)
-
-
-def _flush(writer, group: str, buf: list, names: tuple[str, ...], tokenizer, text_max_len: int) -> None:
-    """Append the queued ``(values, image bytes)`` rows of one group as columns."""
-    if not buf:
-        return
-    strings = dict(zip(names, zip(*(values for values, _ in buf))))
-    images = [data for _, data in buf]
-    tokens = None
-    if tokenizer is not None:
-        text = taxonomy_strings(*(strings[level] for level in LEVELS))
-        tokens = tokenize_taxonomy(tokenizer, text, text_max_len)
-    writer.group(group).append(strings, images=images, tokens=tokens)
-    buf.clear()
-
-
-def _odd_chars(seq: str) -> str:
-    odd = sorted(set(seq) - set("ACGTN"))
-    return "characters " + "".join(odd[:20])
