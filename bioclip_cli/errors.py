@@ -21,6 +21,16 @@ class BioclipError(Exception):
     def __str__(self) -> str:  # the message alone; the hint is printed separately
         return self.message
 
+    def __reduce__(self):  # pickled as it is (raised in a worker process, re-raised in the caller)
+        return _rebuilt, (type(self), self.args, self.__dict__)
+
+
+def _rebuilt(cls: type[BioclipError], args: tuple, state: dict) -> BioclipError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
 
 class ConfigError(BioclipError):
     """A configuration key is unknown, has the wrong type or an impossible value."""

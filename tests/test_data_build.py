@@ -8,6 +8,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from conftest import run_cli
@@ -369,12 +370,54 @@ def test_build_reads_crlf_quoted_metadata_without_optional_columns(tmp_path):
 
 
 def test_read_file_reads_large_files_whole(tmp_path):
-    from bioclip_cli.data.build_raw import read_file
+    from bioclip_cli.data.build_raw import read_file_into
 
     data = np.random.default_rng(0).bytes((1 << 20) * 2 + 123)
     (tmp_path / "big.jpg").write_bytes(data)
     (tmp_path / "exact.jpg").write_bytes(data[: 1 << 20])
-    assert read_file(str(tmp_path / "big.jpg")) == data
-    assert read_file(str(tmp_path / "exact.jpg")) == data[: 1 << 20]
+    for name, expected in (("big.jpg", data), ("exact.jpg", data[: 1 << 20])):
+        buf, n = read_file_into(str(tmp_path / name), np.empty(1 << 20, dtype=np.uint8), 0)
+        assert buf[:n].tobytes() == expected
     with pytest.raises(FileNotFoundError):
-        read_file(str(tmp_path / "none.jpg"))
+        read_file_into(str(tmp_path / "none.jpg"), np.empty(10, dtype=np.uint8), 0)
+
+
+def h5_contents(path: Path) -> dict:
+    """Every dataset's values and every attribute but the ones naming the file's origin."""
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(
+            lambda name, obj: out.__setitem__(name, obj[()].tolist()) if isinstance(obj, h5py.Dataset) else None
+        )
+        out["attrs"] = {k: v for k, v in f.attrs.items() if k != "source_root"}
+    return out
+
+
+def test_build_in_worker_processes_gives_the_same_file(tmp_path):
+    """The metadata parsed and the images read by worker processes (the default where there are 2+ CPUs), or all
+    in the calling process (--workers 1): the same file and report, bad inputs included."""
+    root = tmp_path / "raw"
+    rows = [dict(r) for r in sample_rows()]
+    rows[5]["dna_barcode"] = "ACGTXX"
+    rows[9]["species"] = ""
+    rows.append(dict(rows[2]))  # a duplicate
+    write_raw(root, rows)
+    image_path(root, rows[20]).unlink()
+    reports = {}
+    for workers in (1, 3):
+        reports[workers] = build_5m(root, tmp_path / f"w{workers}.hdf5", workers=workers)
+    assert reports[1].problems == reports[3].problems and reports[1].groups == reports[3].groups
+    assert reports[1].problems["barcode_chars"]["count"] == 1 and "missing_image" in reports[1].problems
+    assert h5_contents(tmp_path / "w1.hdf5") == h5_contents(tmp_path / "w3.hdf5")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_metadata_that_is_not_utf8_is_an_error(tmp_path, workers):
+    root = tmp_path / "raw"
+    write_raw(root, [dict(r) for r in sample_rows()[:30]])
+    meta = root / "bioscan5m" / "metadata" / "csv" / "BIOSCAN_5M_Insect_Dataset_metadata.csv"
+    meta.write_bytes(meta.read_bytes().replace(b"Diptera", b"Dipt\xe9ra", 1))
+    with pytest.raises(DataError, match="not UTF-8") as caught:
+        build_5m(root, tmp_path / "out.hdf5", workers=workers)
+    assert caught.value.path == meta and caught.value.hint
+    assert not (tmp_path / "out.hdf5").exists() and not (tmp_path / "out.hdf5.partial").exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 import bioclip_cli.data.build_raw as build_raw
-from bioclip_cli.data.build_raw import ImageReader, ProblemLog, Table, check_jpeg, read_file, read_images
+from bioclip_cli.data.build_raw import ImageReader, ProblemLog, Table, check_jpeg, read_file_into, read_images
 from bioclip_cli.data.hdf5 import BioscanH5
 from bioclip_cli.data.hdf5_writer import BioscanH5Writer
 from bioclip_cli.data.sample import sample_metadata_csv, sample_root
@@ -62,8 +63,8 @@ def test_column_blocks_and_widths_match_the_csv_module(tmp_path, monkeypatch, bl
     for n, columns in table.column_blocks(names):
         n_rows += n
         for acc, column in zip(got, columns):
-            assert len(column) == n
-            acc += column
+            assert len(column) == n and all(isinstance(cell, bytes) for cell in column)
+            acc += [cell.decode("utf-8") for cell in column]
     assert n_rows == len(rows) and got == expected
     count, widest = table.widest(names)
     assert count == len(rows)
@@ -125,9 +126,15 @@ def test_image_reader_in_the_caller_and_in_threads(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
     paths[3] = str(tmp_path / "missing.jpg")
     paths[7] = str(tmp_path / "bad.jpg")
-    expected = read_images(paths, False, None)
-    assert [p[:2] for p in expected[1]] == [(3, "missing_image"), (7, "bad_image")]
-    assert expected[0][0] == Path(paths[0]).read_bytes() and expected[0][3] is None
+
+    def files(data, ends):  # each file's bytes (b"" when bad)
+        return [data[a:b].tobytes() for a, b in zip(np.concatenate([[0], ends[:-1]]), ends)]
+
+    data, ends, problems = read_images(paths, False, None, out=np.empty(100, dtype=np.uint8))  # (grows)
+    assert [p[:2] for p in problems] == [(3, "missing_image"), (7, "bad_image")]
+    expected = files(data, ends)
+    assert expected[0] == Path(paths[0]).read_bytes() and expected[3] == expected[7] == b""
+    assert [len(e) for e in expected] == [0 if i in (3, 7) else Path(p).stat().st_size for i, p in enumerate(paths)]
     with ImageReader(2, False, None) as reader:  # files in the page cache: read by the caller
         tasks = [reader.submit(paths[lo : lo + 5]) for lo in range(0, 12, 5)]
         got = [reader.result(t) for t in tasks]
@@ -137,9 +144,9 @@ def test_image_reader_in_the_caller_and_in_threads(tmp_path):
         assert all(t.future is not None for t in tasks)
         threaded = [reader.result(t) for t in reversed(tasks)][::-1]
     for results in (got, threaded):
-        datas = [d for part, _ in results for d in part]
-        problems = [(lo + i, kind) for lo, (_, issues) in zip(range(0, 12, 5), results) for i, kind, _ in issues]
-        assert datas == expected[0] and problems == [(3, "missing_image"), (7, "bad_image")]
+        datas = [d for data, ends, _ in results for d in files(data, ends)]
+        problems = [(lo + i, kind) for lo, (*_, issues) in zip(range(0, 12, 5), results) for i, kind, _ in issues]
+        assert datas == expected and problems == [(3, "missing_image"), (7, "bad_image")]
 
 
 def test_jpeg_marker_check_accepts_trailers_and_finds_truncation(realdata):
@@ -152,11 +159,18 @@ def test_jpeg_marker_check_accepts_trailers_and_finds_truncation(realdata):
     assert check_jpeg(data + bytes(100)) is None and "not a JPEG" in check_jpeg(b"\x89PNG" + data)
 
 
-def test_read_file_around_the_first_read_size(tmp_path):
+def test_read_file_into_a_buffer_of_any_room(tmp_path):
+    """A file lands at `pos` whole, whether it fits the buffer exactly, just not, or by far not; what was before
+    `pos` is kept when the buffer grows."""
     data = np.random.default_rng(1).bytes(3 * build_raw._READ_SIZE + 5)
-    for n in (0, 1, build_raw._READ_SIZE - 1, build_raw._READ_SIZE, build_raw._READ_SIZE + 1, len(data)):
-        (tmp_path / "f").write_bytes(data[:n])
-        assert read_file(str(tmp_path / "f")) == data[:n], n
+    for room in (0, 1, 100, build_raw._READ_SIZE):
+        for n in (0, 1, room - 1, room, room + 1, len(data)):
+            if n < 0:
+                continue
+            (tmp_path / "f").write_bytes(data[:n])
+            buf = np.full(7 + room, 9, dtype=np.uint8)
+            out, got = read_file_into(os.fsencode(tmp_path / "f"), buf, 7)
+            assert got == n and out[7 : 7 + n].tobytes() == data[:n] and (out[:7] == 9).all(), (room, n)
 
 
 def test_problem_log_caps_ids_but_counts_every_row():

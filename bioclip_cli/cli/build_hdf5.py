@@ -59,7 +59,10 @@ def command(
     workers: Annotated[
         int | None,
         typer.Option(
-            "--workers", help="Threads reading images while reading is slow (disk, network; default: CPUs, at most 8)."
+            "--workers",
+            help="Threads reading images while reading is slow (disk, network; default: CPUs, at most 8). "
+            "With 2 or more (and 2+ CPUs), worker processes parse the metadata and read the images while this one "
+            "writes; 1 does everything in one process.",
         ),
     ] = None,
     partition: Annotated[

@@ -9,11 +9,16 @@
   ``<id>.jpg``; the ``nucraw`` and ``chunk_number`` columns, the ``part{N}`` folders and the partition file
   format are not confirmed by them.)
 
-The metadata is read in blocks of about 1 MB: a block of plain lines is cut into cells with one ``str.split``
-and handled column by column (:meth:`Table.column_blocks`); :meth:`Table.widest` scans the file once first, with
-numpy over the raw bytes, for the widest value of each column (the file stores fixed-width strings). Also the
-checks (image bytes, barcode characters, missing ranks), :class:`ImageReader` and :class:`ProblemLog`, which
-counts and lists every bad input so nothing is dropped silently.
+The metadata is read in blocks of about 1 MB of bytes. :meth:`Table.widest` scans the file once first, with
+numpy over the raw bytes, for the widest value of each column (the file stores fixed-width strings). Then each
+block is parsed on its own (:class:`Parse5M`, :class:`Parse1M`: the wanted cells cut at separator positions
+found by numpy, handled column by column as UTF-8 bytes, the string columns made fixed-width arrays) into a
+:class:`ParsedBlock`; :func:`with_images` reads its rows' image files into one buffer per part (no bytes object
+per file); the release's ``batches`` then does, in file order, what depends on the rows before (duplicates,
+unknown splits, groups) and yields :class:`RawBatch` es. `build-hdf5` runs the parsing and the reading in
+worker processes (:mod:`.worker_stream`), ahead of the process that writes the file. Also the checks (image
+bytes, barcode characters, missing ranks), :class:`ImageReader` and :class:`ProblemLog`, which counts and lists
+every bad input so nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import csv
 import io
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -32,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from bioclip_cli.data.taxonomy import LEVELS, NOT_CLASSIFIED, clean_rank
+from bioclip_cli.data.worker_stream import shared_buffer
 from bioclip_cli.errors import DataError
 
 SPLITS_5M: tuple[str, ...] = (
@@ -77,45 +84,300 @@ REQUIRED_1M = ("sampleid", "image_file", "chunk_number", *LEVELS)
 # the metadata columns a batch is made of, in the order Release5M.batches / Release1M.batches unpack them
 _COLUMNS_5M = ("processid", "split", "chunk", "dna_barcode", *LEVELS, "sampleid", "dna_bin")
 _COLUMNS_1M = ("sampleid", "image_file", "chunk_number", *LEVELS, "nucraw", "dna_barcode", "uri", "dna_bin")
-_ACGTN_REMOVED = str.maketrans("", "", "ACGTN")
+_STR_ONLY_SPACE = (b"\x1c", b"\x1d", b"\x1e", b"\x1f")  # ASCII whitespace to str.strip, not to bytes.strip
 _READ_SIZE = 1 << 16  # first read() of a file: any 256-px JPEG in one call, and under malloc's mmap threshold
 _BLOCK_CHARS = 1 << 20  # metadata characters parsed per block
 # bytes at the end of a file searched for the end-of-image marker: cameras append data after it (every BIOSCAN-1M
 # original photograph ends with a 2,148-byte trailer); the marker cannot occur in the compressed data itself
 _EOI_WINDOW = 1 << 16
+_SPLIT_CODES = {split: i for i, split in enumerate(SPLITS_5M)}
+_SPLIT_BYTE_CODES = {split.encode(): i for split, i in _SPLIT_CODES.items()}
 STRINGS_5M: tuple[str, ...] = ("barcode", *LEVELS, "sampleid", "image_file", "processid", "dna_bin")
 STRINGS_1M: tuple[str, ...] = ("barcode", *LEVELS, "sampleid", "image_file", "dna_bin")
 
 
 @dataclass(slots=True)
 class RawBatch:
-    """One block of metadata rows, column-wise: the rows selected for the file and the groups they go to.
+    """Metadata rows selected for the file, column-wise, with their image files' bytes and the groups they go to.
 
-    ``columns`` follow the release's string columns (:data:`STRINGS_5M` / :data:`STRINGS_1M`); ``groups`` maps each
-    group to the (ascending) indices of its rows in this batch.
+    ``columns`` follow the release's string columns (:data:`STRINGS_5M` / :data:`STRINGS_1M`) as fixed-width
+    UTF-8 byte arrays; ``groups`` maps each group to the (ascending) indices of its rows in this batch;
+    ``barcode_issues`` lists ``(row, kind, detail)`` for each empty barcode or one with characters outside ACGTN
+    and ``rank_bits`` has, per row, bit k set when rank k (order, family, genus, species) is missing; row i's
+    image file is ``image_data[image_starts[i]:image_ends[i]]`` (empty where ``image_problems``, ``(row, kind,
+    detail)``, says why; `image_data` may be a view of memory lent only until the next batch).
     """
 
     rows_read: int  # metadata rows this batch consumed (selected or not)
     not_selected: int  # valid rows of splits/groups left out
-    ids: list[str]  # processid (5M) or image_file (1M): the id listed in the report
-    paths: list[str]  # image file of each row
-    columns: list[list[str]]
+    ids: np.ndarray  # processid (5M) or image_file (1M), UTF-8 bytes: the id listed in the report (see `id`)
+    paths: list[bytes]  # image file of each row (a file system path as bytes)
+    columns: list[np.ndarray]
     groups: dict[str, np.ndarray]
+    barcode_issues: list[tuple[int, str, str | None]]
+    rank_bits: np.ndarray
+    image_data: np.ndarray
+    image_starts: np.ndarray
+    image_ends: np.ndarray
+    image_problems: list[tuple[int, str, str]]
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def id(self, i: int) -> str:
+        return self.ids[i].decode("utf-8")
+
     def subset(self, rows: np.ndarray) -> RawBatch:
-        """The batch restricted to `rows` (ascending indices), its groups renumbered."""
+        """The batch restricted to `rows` (ascending indices), its groups and issues renumbered."""
         n = len(self.ids)
         if len(rows) == n:
             return self
         take = rows_picker(rows, n)
-        keep = np.zeros(n, dtype=bool)
-        keep[rows] = True
-        groups = {g: np.searchsorted(rows, idx[keep[idx]]) for g, idx in self.groups.items()}
-        columns = [take(col) for col in self.columns]
-        return RawBatch(self.rows_read, self.not_selected, take(self.ids), take(self.paths), columns, groups)
+        position = np.full(n, -1, dtype=np.int64)
+        position[rows] = np.arange(len(rows))
+        return RawBatch(
+            self.rows_read,
+            self.not_selected,
+            self.ids[rows],
+            take(self.paths),
+            [col[rows] for col in self.columns],
+            {g: position[idx][position[idx] >= 0] for g, idx in self.groups.items()},
+            _renumbered(self.barcode_issues, position),
+            self.rank_bits[rows],
+            self.image_data,
+            self.image_starts[rows],
+            self.image_ends[rows],
+            _renumbered(self.image_problems, position),
+        )
+
+
+def _renumbered(issues: list[tuple], position: np.ndarray) -> list[tuple]:
+    """``(row, ...)`` issues of the rows kept, their rows renumbered by `position` (-1: dropped)."""
+    return [(int(position[i]), *rest) for i, *rest in issues if position[i] >= 0]
+
+
+@dataclass(slots=True)
+class ParsedBlock:
+    """What a worker makes of a block of metadata lines (:class:`Parse5M`, :class:`Parse1M`, then
+    :func:`with_images`): everything that does not depend on the rows before it, as arrays (cheap to hand between
+    processes: byte strings, the image files' bytes in one buffer). ``keys`` (every row) are the ids duplicates
+    are found by; the other fields are for the candidate rows ``candidates`` (indices), as in :class:`RawBatch`.
+    ``image_ends`` are the ends of each candidate's file bytes in ``image_bytes`` (none until read)."""
+
+    rows: int
+    keys: np.ndarray
+    candidates: np.ndarray
+    ids: np.ndarray
+    paths: np.ndarray
+    columns: list[np.ndarray]
+    barcode_issues: list[tuple[int, str, str | None]]
+    rank_bits: np.ndarray
+    codes: np.ndarray | None = None  # 5M: split code of every row (len(SPLITS_5M) for an unknown split)
+    odd_splits: dict[int, str] | None = None  # 5M: row -> split value, for the unknown ones
+    sampleids: np.ndarray | None = None  # 1M: sampleid of every row
+    image_bytes: np.ndarray | None = None  # uint8: the candidates' files, one after the other
+    image_ends: np.ndarray | None = None
+    image_problems: list[tuple[int, str, str]] = field(default_factory=list)
+
+    def part(self, lo: int, hi: int) -> ParsedBlock:
+        """The candidates ``lo:hi`` and the metadata rows from the first of them (the block's first row when
+        `lo` is 0) to the next candidate (the block's end when `hi` is the last): consecutive parts cover the
+        block's rows once each."""
+        n_cand = len(self.candidates)
+        start = 0 if lo == 0 else int(self.candidates[lo])
+        stop = self.rows if hi >= n_cand else int(self.candidates[hi])
+        position = np.full(n_cand, -1, dtype=np.int64)
+        position[lo:hi] = np.arange(hi - lo)
+        odd = None
+        if self.odd_splits is not None:
+            odd = {i - start: s for i, s in self.odd_splits.items() if start <= i < stop}
+        return ParsedBlock(
+            stop - start,
+            self.keys[start:stop],
+            self.candidates[lo:hi] - start,
+            self.ids[lo:hi],
+            self.paths[lo:hi],
+            [col[lo:hi] for col in self.columns],
+            _renumbered(self.barcode_issues, position),
+            self.rank_bits[lo:hi],
+            codes=None if self.codes is None else self.codes[start:stop],
+            odd_splits=odd,
+            sampleids=None if self.sampleids is None else self.sampleids[start:stop],
+        )
+
+    def batch(self, rows: np.ndarray, not_selected: int) -> RawBatch:
+        """The :class:`RawBatch` of the candidate rows at positions `rows` (ascending), groups still empty. Only
+        its ``image_data`` is this block's array (the rest is copied)."""
+        n = len(self.candidates)
+        position = np.full(n, -1, dtype=np.int64)
+        position[rows] = np.arange(len(rows))
+        if self.image_ends is None:  # (not read: every row without its image)
+            ends = np.zeros(n, dtype=np.int64)
+            data = np.zeros(0, dtype=np.uint8)
+        else:
+            ends, data = self.image_ends, self.image_bytes
+        starts = ends - np.diff(ends, prepend=0)
+        return RawBatch(
+            self.rows,
+            not_selected,
+            self.ids[rows],
+            rows_picker(rows, n)(self.paths.tolist()),
+            [col[rows] for col in self.columns],  # (indexing with an array copies)
+            {},
+            _renumbered(self.barcode_issues, position),
+            self.rank_bits[rows],
+            data,
+            starts[rows],
+            ends[rows],
+            _renumbered(self.image_problems, position),
+        )
+
+
+def _mean_size(paths: list) -> int:
+    """The mean size of the files (those that exist) among `paths`."""
+    sizes = []
+    for path in paths:
+        try:
+            sizes.append(os.stat(path).st_size)
+        except OSError:
+            pass
+    return sum(sizes) // len(sizes) if sizes else 1
+
+
+def with_images(
+    blocks: Iterable[ParsedBlock], reader: ImageReader, max_rows: int, max_bytes: int, ahead: int
+) -> Iterator[ParsedBlock]:
+    """Each block's candidates' image files read (and checked) by `reader`, in :meth:`ParsedBlock.part` s of at
+    most `max_rows` rows and about `max_bytes` of files (fewer rows per part while files are large), up to
+    `ahead` parts handed to the reader at a time. A block without candidates passes whole."""
+    rows_per_part = None
+    for block in blocks:
+        paths = block.paths.tolist()
+        if not paths:
+            yield block
+            continue
+        if rows_per_part is None:  # the first files' sizes tell how many make a part
+            rows_per_part = max(1, min(max_rows, max_bytes // max(1, _mean_size(paths[:max_rows]))))
+        lo = 0
+        pending: deque = deque()
+        while lo < len(paths) or pending:
+            while lo < len(paths) and len(pending) < ahead:
+                hi = min(len(paths), lo + rows_per_part)
+                pending.append((lo, hi, reader.submit(paths[lo:hi])))
+                lo = hi
+            first, last, task = pending.popleft()
+            part = block.part(first, last)
+            part.image_bytes, part.image_ends, part.image_problems = reader.result(task)
+            yield part
+            good = last - first - len(part.image_problems)
+            if good:  # the next parts' rows: about `max_bytes` of files like these
+                per_file = max(1, len(part.image_bytes) // good)
+                rows_per_part = max(1, min(max_rows, max_bytes // per_file))
+
+
+@dataclass(frozen=True, slots=True)
+class _BlockSpec:
+    """Where the cells of a block are: the file (for errors), delimiter, header width, column indices."""
+
+    path: str
+    delimiter: str
+    width: int
+    idx: tuple[int | None, ...]
+
+    def cells(self, block: bytes) -> tuple[int, list[list[bytes]]]:
+        """The rows of a block of whole lines and its cells at `idx`, column-wise, as UTF-8 bytes: exactly what
+        the csv module reads (a column the file lacks, or a cell a short row lacks, is empty).
+
+        A plain block (no quote, NUL or bare CR; every line as wide as the header) is cut at the positions of
+        its separators (numpy), only the wanted cells made into objects; any other is parsed as text."""
+        if not block.isascii():
+            try:
+                block.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    self.path,
+                    f"{self.path} is not UTF-8 text ({exc.reason} in a block of {len(block):,} bytes)",
+                    "save the metadata as UTF-8",
+                ) from None
+        crs = block.count(b"\r") if b"\r" in block else 0  # (`in` is a fast scan, count is not)
+        if b'"' not in block and b"\0" not in block and (not crs or crs == block.count(b"\r\n")):
+            cut = _plain_cells(block.replace(b"\r\n", b"\n") if crs else block, self.delimiter, self.width, self.idx)
+            if cut is not None:
+                return cut
+        n, columns = _block_columns(block.decode("utf-8"), self.delimiter, self.width, list(self.idx))
+        return n, [[cell.encode("utf-8") for cell in column] for column in columns]
+
+
+@dataclass(frozen=True, slots=True)
+class Parse5M:
+    """Parses a block of the BIOSCAN-5M metadata in a worker: candidates are the rows of a `selected` split."""
+
+    spec: _BlockSpec
+    images: str
+    selected: tuple[bool, ...]  # per split code
+
+    def __call__(self, block: bytes) -> ParsedBlock:
+        n, cols = self.spec.cells(block)
+        pid, split, chunk, barcode, order, family, genus, species, sampleid, dna_bin = cols
+        keys, split = _stripped(pid), _stripped(split)
+        unknown = len(SPLITS_5M)
+        codes = np.fromiter(map(_SPLIT_BYTE_CODES.get, split, repeat(unknown)), dtype=np.int8, count=n)
+        odd = {i: split[i].decode("utf-8") for i in np.flatnonzero(codes == unknown).tolist()}
+        candidates = np.flatnonzero(np.asarray(self.selected)[codes])
+        take = rows_picker(candidates, n)
+        pid, split, chunk, barcode = take(keys), take(split), _stripped(take(chunk)), _stripped(take(barcode))
+        ranks = [_ranks(take(col)) for col in (order, family, genus, species)]
+        strings = [barcode, *ranks, _stripped(take(sampleid)), [p + b".jpg" for p in pid], pid]
+        strings.append(_stripped(take(dna_bin)))
+        base = os.fsencode(self.images)
+        paths = [
+            b"%s/%s/%s/%s.jpg" % (base, s, c, p) if c else b"%s/%s/%s.jpg" % (base, s, p)
+            for s, c, p in zip(split, chunk, pid)
+        ]
+        columns = [_bytes_column(col) for col in strings]
+        return ParsedBlock(
+            n,
+            _bytes_column(keys),
+            candidates,
+            columns[-2],
+            _bytes_column(paths),
+            columns,
+            barcode_problems(barcode),
+            missing_rank_bits(ranks),
+            codes=codes,
+            odd_splits=odd,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Parse1M:
+    """Parses a block of the BIOSCAN-1M metadata in a worker (every row is a candidate: the partition decides)."""
+
+    spec: _BlockSpec
+    images: str
+
+    def __call__(self, block: bytes) -> ParsedBlock:
+        n, cols = self.spec.cells(block)
+        sid, image_file, chunk_number, order, family, genus, species, nucraw, dna_barcode, uri, dna_bin = cols
+        sid, image_file = _stripped(sid), _stripped(image_file)
+        keys = [f or s for f, s in zip(image_file, sid)]
+        barcode = _stripped([a or b for a, b in zip(nucraw, dna_barcode)])  # nucraw, else dna_barcode
+        bins = _stripped([a or b for a, b in zip(uri, dna_bin)])
+        ranks = [_ranks(col) for col in (order, family, genus, species)]
+        base = os.fsencode(self.images)
+        paths = [b"%s/part%s/%s" % (base, c, f) for c, f in zip(_stripped(chunk_number), image_file)]
+        columns = [_bytes_column(col) for col in (barcode, *ranks, sid, image_file, bins)]
+        return ParsedBlock(
+            n,
+            _bytes_column(keys),
+            np.arange(n),
+            columns[-2],
+            _bytes_column(paths),
+            columns,
+            barcode_problems(barcode),
+            missing_rank_bits(ranks),
+            sampleids=columns[-3],
+        )
 
 
 def groups_for_splits(splits: list[str] | None) -> dict[str, tuple[str, ...]]:
@@ -168,48 +430,45 @@ class Release5M:
         widths["image_file"] = widths["processid"] + len(".jpg")
         return rows, _rank_widths(widths)
 
-    def batches(self, groups: dict[str, tuple[str, ...]], log: ProblemLog) -> Iterator[RawBatch]:
+    def parsed_blocks(self, groups: dict[str, tuple[str, ...]]) -> Callable[[], Iterator[ParsedBlock]]:
+        """What makes the metadata's :class:`ParsedBlock` s for `groups` (group -> source splits): block by
+        block, independently (what a worker process runs, see :meth:`batches`)."""
+        table = self.table()
+        selected = np.zeros(len(SPLITS_5M) + 1, dtype=bool)
+        selected[[_SPLIT_CODES[s] for sources in groups.values() for s in sources]] = True
+        parse = Parse5M(table.spec(_COLUMNS_5M), str(self.images), tuple(selected.tolist()))
+        return lambda: map(parse, table.raw_blocks())
+
+    def batches(
+        self, groups: dict[str, tuple[str, ...]], log: ProblemLog, parsed: Iterable[ParsedBlock]
+    ) -> Iterator[RawBatch]:
         """The metadata as :class:`RawBatch` es for `groups` (group -> source splits), block by block.
 
-        Per block and column-wise: a row without processid is skipped, a repeated processid keeps its first row, a
-        split outside :data:`SPLITS_5M` puts the row in no group (each logged); rows of splits no group takes are
-        counted as not selected.
+        `parsed`: the items of :meth:`parsed_blocks` with their images (:func:`with_images`). Here, in file
+        order: a row
+        without processid is skipped, a repeated processid keeps its first row, a split outside
+        :data:`SPLITS_5M` puts the row in no group (each logged); rows of splits no group takes are counted as
+        not selected.
         """
-        code_of = {split: i for i, split in enumerate(SPLITS_5M)}
         unknown_code = len(SPLITS_5M)
-        group_codes = {g: np.array([code_of[s] for s in sources]) for g, sources in groups.items()}
-        selected = np.zeros(unknown_code + 1, dtype=bool)
-        for codes in group_codes.values():
-            selected[codes] = True
-        seen: set[str] = set()
+        members = {g: np.zeros(unknown_code + 1, dtype=bool) for g in groups}
+        for g, sources in groups.items():
+            members[g][[_SPLIT_CODES[s] for s in sources]] = True
+        seen: set[bytes] = set()
         before = 0  # rows before this block
-        for n, cols in self.table().column_blocks(_COLUMNS_5M):
-            pid, split, chunk, barcode, order, family, genus, species, sampleid, dna_bin = cols
-            pid, split = _stripped(pid), _stripped(split)
-            keep = _first_occurrences(pid, seen, log, "duplicate_processid", missing_at=before + 2)
-            code = np.fromiter(map(code_of.get, split, repeat(unknown_code)), dtype=np.int64, count=n)
-            unknown = keep & (code == unknown_code)
-            for i in np.flatnonzero(unknown).tolist():
-                log.add("unknown_split", pid[i], "in no group", f"split={split[i]!r}")
-            keep &= ~unknown
-            chosen = keep & selected[code]
-            rows = np.flatnonzero(chosen)
-            take = rows_picker(rows, n)
-            pid, split, chunk = take(pid), take(split), _stripped(take(chunk))
-            columns = [
-                _stripped(take(barcode)),
-                *(_ranks(take(col)) for col in (order, family, genus, species)),
-                _stripped(take(sampleid)),
-                list(map(str.__add__, pid, repeat(".jpg"))),
-                pid,
-                _stripped(take(dna_bin)),
-            ]
-            base = str(self.images)
-            paths = [f"{base}/{s}/{c}/{p}.jpg" if c else f"{base}/{s}/{p}.jpg" for s, c, p in zip(split, chunk, pid)]
-            code = code[rows]
-            members = {g: np.flatnonzero(np.isin(code, codes)) for g, codes in group_codes.items()}
-            yield RawBatch(n, int(keep.sum()) - len(rows), pid, paths, columns, members)
-            before += n
+        for block in parsed:
+            keys = block.keys.tolist()
+            keep = _first_occurrences(keys, seen, log, "duplicate_processid", missing_at=before + 2)
+            unknown = np.flatnonzero(keep & (block.codes == unknown_code))
+            for i in unknown.tolist():
+                log.add("unknown_split", keys[i].decode(), "in no group", f"split={block.odd_splits[i]!r}")
+            keep[unknown] = False
+            rows = np.flatnonzero(keep[block.candidates])
+            batch = block.batch(rows, int(keep.sum()) - len(rows))
+            code = block.codes[block.candidates[rows]]
+            batch.groups = {g: np.flatnonzero(member[code]) for g, member in members.items()}
+            yield batch
+            before += block.rows
 
 
 class Release1M:
@@ -280,35 +539,36 @@ class Release1M:
         )
         return rows, _rank_widths(widths)
 
-    def batches(self, membership: dict[str, list[str]], group_names: list[str], log: ProblemLog) -> Iterator[RawBatch]:
-        """The metadata as :class:`RawBatch` es, block by block: a row goes to the groups whose partition file lists
-        its sampleid; a repeated image_file (or sampleid where it is empty) keeps its first row (logged)."""
-        listed = {g: {sid for sid, gs in membership.items() if g in gs} for g in group_names}
-        seen: set[str] = set()
-        for n, cols in self.table().column_blocks(_COLUMNS_1M):
-            sid, image_file, chunk_number, order, family, genus, species, nucraw, dna_barcode, uri, dna_bin = cols
-            sid, image_file = _stripped(sid), _stripped(image_file)
-            keys = [f or s for f, s in zip(image_file, sid)]
-            keep = _first_occurrences(keys, seen, log, "duplicate_image_file")
-            chosen = keep & np.fromiter(map(membership.__contains__, sid), dtype=bool, count=n)
+    def parsed_blocks(self) -> Callable[[], Iterator[ParsedBlock]]:
+        """What makes the metadata's :class:`ParsedBlock` s, block by block (see :meth:`Release5M.parsed_blocks`)."""
+        table = self.table()
+        parse = Parse1M(table.spec(_COLUMNS_1M), str(self.images))
+        return lambda: map(parse, table.raw_blocks())
+
+    def batches(
+        self,
+        membership: dict[str, list[str]],
+        group_names: list[str],
+        log: ProblemLog,
+        parsed: Iterable[ParsedBlock],
+    ) -> Iterator[RawBatch]:
+        """The metadata as :class:`RawBatch` es, block by block (`parsed`: the items of :meth:`parsed_blocks`
+        with their images, :func:`with_images`): a row goes to the groups whose partition file lists its sampleid; a repeated
+        image_file (or sampleid where it is empty) keeps its first row (logged)."""
+        listed = {g: {sid.encode() for sid, gs in membership.items() if g in gs} for g in group_names}
+        member = {sid.encode() for sid in membership}
+        seen: set[bytes] = set()
+        for block in parsed:
+            keep = _first_occurrences(block.keys.tolist(), seen, log, "duplicate_image_file")
+            sid = block.sampleids.tolist()
+            chosen = keep & np.fromiter(map(member.__contains__, sid), dtype=bool, count=block.rows)
             rows = np.flatnonzero(chosen)
-            take = rows_picker(rows, n)
-            image_file, sid = take(image_file), take(sid)
-            barcode = [a or b for a, b in zip(take(nucraw), take(dna_barcode))]  # nucraw, else dna_barcode
-            bins = [a or b for a, b in zip(take(uri), take(dna_bin))]
-            columns = [
-                _stripped(barcode),
-                *(_ranks(take(col)) for col in (order, family, genus, species)),
-                sid,
-                image_file,
-                _stripped(bins),
-            ]
-            base = str(self.images)
-            paths = [f"{base}/part{c.strip()}/{f}" for c, f in zip(take(chunk_number), image_file)]
-            members = {
+            batch = block.batch(rows, int(keep.sum()) - len(rows))
+            sid = rows_picker(rows, block.rows)(sid)
+            batch.groups = {
                 g: np.flatnonzero(np.fromiter(map(ids.__contains__, sid), bool, len(sid))) for g, ids in listed.items()
             }
-            yield RawBatch(n, int(keep.sum()) - len(rows), image_file, paths, columns, members)
+            yield batch
 
 
 class Table:
@@ -318,8 +578,12 @@ class Table:
     def __init__(self, path: Path, delimiter: str, required: tuple[str, ...], any_of: tuple[str, ...] = ()):
         self.path = path
         self.delimiter = delimiter
-        with open(path, newline="", encoding="utf-8") as fh:
-            header = next(csv.reader(fh, delimiter=delimiter), [])
+        with open(path, "rb") as fh:
+            first = fh.readline()
+        try:
+            header = next(csv.reader([first.decode("utf-8")], delimiter=delimiter), [])
+        except UnicodeDecodeError as exc:
+            raise DataError(path, f"{path} is not UTF-8 text ({exc.reason} in its header)") from None
         missing = [c for c in required if c not in header]
         if any_of and not set(any_of) & set(header):
             missing.append(" or ".join(any_of))
@@ -333,40 +597,34 @@ class Table:
         for block in self._blocks():
             yield from _split_lines(block, self.delimiter)
 
-    def column_blocks(self, names: Sequence[str]) -> Iterator[tuple[int, list[list[str]]]]:
-        """``(rows, columns)`` per block of rows: the cells of the columns `names` (a column the file lacks, or a
-        cell a short row lacks, reads as ``""``), exactly what :meth:`__iter__` gives, column-wise.
+    def spec(self, names: Sequence[str]) -> _BlockSpec:
+        """Where the cells of the columns `names` are (a column the file lacks reads as ``""``)."""
+        return _BlockSpec(str(self.path), self.delimiter, len(self.header), tuple(self.columns.get(n) for n in names))
 
-        A block whose lines all have the header's width and hold no quote is cut into cells with one
-        ``str.split`` for the whole block; any other block goes row by row."""
-        idx = [self.columns.get(name) for name in names]
-        for block in self._blocks():
-            yield _block_columns(block, self.delimiter, len(self.header), idx)
+    def raw_blocks(self) -> Iterator[bytes]:
+        """The bytes after the header in blocks of whole lines (see :meth:`_blocks`)."""
+        return self._blocks(binary=True)
+
+    def column_blocks(self, names: Sequence[str]) -> Iterator[tuple[int, list[list[bytes]]]]:
+        """``(rows, columns)`` per block of rows: the cells of the columns `names` as UTF-8 bytes (a column the
+        file lacks, or a cell a short row lacks, is empty), exactly what :meth:`__iter__` gives, column-wise
+        (what :class:`Parse5M` and :class:`Parse1M` parse; see :meth:`_BlockSpec.cells`)."""
+        spec = self.spec(names)
+        for block in self.raw_blocks():
+            yield spec.cells(block)
 
     def widest(self, names: Sequence[str], progress=None) -> tuple[int, list[int]]:
         """The number of rows and, per column of `names`, the widest cell in UTF-8 bytes (0 for a column the
         file lacks). The cell lengths of a plain block (no quotes, every line as wide as the header) come from
         the positions of its separators (numpy, no str objects); other blocks are parsed. `progress(nbytes)` is
         called after each block."""
-        idx = [self.columns.get(name) for name in names]
-        width = len(self.header)
         rows = 0
         widest = [0] * len(names)
-        for block in self._blocks(binary=True):
-            crs = block.count(b"\r") if b"\r" in block else 0  # (`in` is a fast scan, count is not)
-            plain = b'"' not in block and b"\0" not in block and (not crs or crs == block.count(b"\r\n"))
-            lengths = _cell_lengths(block, self.delimiter, width) if plain else None  # a bare CR ends a row
-            if lengths is not None:
-                n = len(lengths)
-                top = lengths.max(axis=0).tolist() if n else [0] * width
-                found = [top[i] if i is not None else 0 for i in idx]
-            else:
-                n, columns = _block_columns(block.decode("utf-8"), self.delimiter, width, idx)
-                found = [_widest(cells) if cells else 0 for cells in columns]
+        for nbytes, n, found in map(_BlockWidths(self.spec(names)), self.raw_blocks()):
             rows += n
             widest = [max(w, f) for w, f in zip(widest, found)]
             if progress is not None:
-                progress(len(block))
+                progress(nbytes)
         return rows, widest
 
     def _blocks(self, binary: bool = False) -> Iterator:
@@ -415,43 +673,89 @@ def _block_columns(block: str, delimiter: str, width: int, idx: list[int | None]
     return len(rows), [list(col) for col in zip(*picked)] if picked else [[] for _ in idx]
 
 
-def _cell_lengths(block: bytes, delimiter: str, width: int) -> np.ndarray | None:
-    """[rows, width] byte lengths of the cells of a block of whole lines, or None when a line is not `width`
-    cells wide (then the block is parsed instead). A CR before the newline counts in the last cell."""
+@dataclass(frozen=True, slots=True)
+class _BlockWidths:
+    """``(bytes, rows, widest cell per column)`` of a block (see :meth:`Table.widest`)."""
+
+    spec: _BlockSpec
+
+    def __call__(self, block: bytes) -> tuple[int, int, list[int]]:
+        crs = block.count(b"\r") if b"\r" in block else 0  # (`in` is a fast scan, count is not)
+        plain = b'"' not in block and b"\0" not in block and (not crs or crs == block.count(b"\r\n"))
+        lengths = _cell_lengths(block, self.spec.delimiter, self.spec.width) if plain else None  # bare CR: parse
+        if lengths is not None:
+            n = len(lengths)
+            top = lengths.max(axis=0).tolist() if n else [0] * self.spec.width
+            return len(block), n, [top[i] if i is not None else 0 for i in self.spec.idx]
+        n, columns = self.spec.cells(block)
+        return len(block), n, [max(map(len, cells), default=0) for cells in columns]
+
+
+def _bytes_column(values: list[bytes]) -> np.ndarray:
+    """A column of byte strings as a fixed-width array, as wide as the widest (at least 1)."""
+    return np.fromiter(values, dtype=f"S{max(1, max(map(len, values), default=1))}", count=len(values))
+
+
+def _plain_cells(block: bytes, delimiter: str, width: int, idx: tuple[int | None, ...]):
+    """``(rows, cells at idx column-wise)`` of a block of whole lines with no quote, NUL or CR, or None when a
+    line is not `width` cells wide. The cells are cut at the separator positions found by numpy."""
+    ends = _cell_ends(block, delimiter, width)
+    if ends is None:
+        return None
+    n = len(ends)
+    line_starts = np.empty(n, dtype=ends.dtype)
+    line_starts[:1] = 0
+    line_starts[1:] = ends[:-1, -1] + 1
+    cut = block.__getitem__
+    columns = []
+    for i in idx:
+        if i is None:
+            columns.append([b""] * n)
+            continue
+        starts = (ends[:, i - 1] + 1 if i else line_starts).tolist()
+        columns.append(list(map(cut, map(slice, starts, ends[:, i].tolist()))))
+    return n, columns
+
+
+def _cell_ends(block: bytes, delimiter: str, width: int) -> np.ndarray | None:
+    """[rows, width] positions of the separator or newline that ends each cell of a block of whole lines, or
+    None when a line is not `width` cells wide."""
     data = np.frombuffer(block, dtype=np.uint8)
-    ends = np.flatnonzero((data == ord(delimiter)) | (data == ord("\n")))  # the end of every cell
+    ends = np.flatnonzero((data == ord(delimiter)) | (data == ord("\n")))
     n = len(ends) // width
     newline = data[ends] == ord("\n")
     if len(ends) != n * width or np.count_nonzero(newline) != n or not newline[width - 1 :: width].all():
         return None
-    starts = np.empty_like(ends)
+    return ends.reshape(n, width)
+
+
+def _cell_lengths(block: bytes, delimiter: str, width: int) -> np.ndarray | None:
+    """[rows, width] byte lengths of the cells of a block of whole lines, or None when a line is not `width`
+    cells wide (then the block is parsed instead). A CR before the newline counts in the last cell."""
+    ends = _cell_ends(block, delimiter, width)
+    if ends is None:
+        return None
+    flat = ends.reshape(-1)
+    starts = np.empty_like(flat)
     starts[:1] = 0
-    starts[1:] = ends[:-1] + 1
-    return (ends - starts).reshape(n, width)
+    starts[1:] = flat[:-1] + 1
+    return (flat - starts).reshape(ends.shape)
 
 
-_RANKS: dict[str, str] = {}  # raw rank cell -> clean_rank(cell): a few thousand distinct values repeat
+_RANKS: dict[bytes, bytes] = {}  # raw rank cell -> clean_rank(cell): a few thousand distinct values repeat
 
 
-def _ranks(cells: list[str]) -> list[str]:
-    """:func:`clean_rank` of every cell (through a cache of the distinct values)."""
+def _ranks(cells: list[bytes]) -> list[bytes]:
+    """:func:`clean_rank` of every cell (UTF-8 bytes; through a cache of the distinct values)."""
     out = list(map(_RANKS.get, cells))
     if None in out:
         for i, value in enumerate(out):
             if value is None:
                 cell = cells[i]
-                value = out[i] = clean_rank(cell)
+                value = out[i] = clean_rank(cell).encode("utf-8")
                 if len(_RANKS) < 1 << 20:
                     _RANKS[cell] = value
     return out
-
-
-def _widest(cells: list[str]) -> int:
-    """The longest cell in UTF-8 bytes."""
-    longest = max(map(len, cells))
-    if "".join(cells).isascii():
-        return longest
-    return max(len(c.encode("utf-8")) for c in cells)
 
 
 def _rank_widths(widths: dict[str, int]) -> dict[str, int]:
@@ -459,8 +763,13 @@ def _rank_widths(widths: dict[str, int]) -> dict[str, int]:
     return {k: max(w, len(NOT_CLASSIFIED)) if k in LEVELS else w for k, w in widths.items()}
 
 
-def _stripped(cells: list[str]) -> list[str]:
-    return list(map(str.strip, cells))
+def _stripped(cells: list[bytes]) -> list[bytes]:
+    """Each UTF-8 cell with its leading and trailing whitespace removed, as ``str.strip`` removes it (bytes'
+    strip where that is the same: ASCII without the information separators \\x1c-\\x1f)."""
+    joined = b"".join(cells)
+    if joined.isascii() and not any(space in joined for space in _STR_ONLY_SPACE):
+        return list(map(bytes.strip, cells))
+    return [cell.decode("utf-8").strip().encode("utf-8") for cell in cells]
 
 
 def rows_picker(rows: np.ndarray, n: int) -> Callable[[list], list]:
@@ -477,14 +786,14 @@ def rows_picker(rows: np.ndarray, n: int) -> Callable[[list], list]:
 
 
 def _first_occurrences(
-    ids: list[str], seen: set[str], log: ProblemLog, duplicate: str, missing_at: int | None = None
+    ids: list[bytes], seen: set[bytes], log: ProblemLog, duplicate: str, missing_at: int | None = None
 ) -> np.ndarray:
-    """Which rows to keep: not an id seen before (earlier in the file: logged as `duplicate`) and, when
-    `missing_at` (the file line of the first row) is given, not an empty id (logged as ``missing_processid``).
-    The kept ids join `seen`."""
+    """Which rows to keep: not an id (UTF-8 bytes) seen before (earlier in the file: logged as `duplicate`) and,
+    when `missing_at` (the file line of the first row) is given, not an empty id (logged as
+    ``missing_processid``). The kept ids join `seen`."""
     n = len(ids)
     fresh = set(ids)
-    if len(fresh) == n and (missing_at is None or "" not in fresh) and seen.isdisjoint(fresh):
+    if len(fresh) == n and (missing_at is None or b"" not in fresh) and seen.isdisjoint(fresh):
         seen |= fresh
         return np.ones(n, dtype=bool)
     keep = np.ones(n, dtype=bool)
@@ -493,7 +802,7 @@ def _first_occurrences(
             log.add("missing_processid", f"line {missing_at + i}", "skipped")
             keep[i] = False
         elif key in seen:
-            log.add(duplicate, key, "kept the first row")
+            log.add(duplicate, key.decode("utf-8"), "kept the first row")
             keep[i] = False
         else:
             seen.add(key)
@@ -534,32 +843,35 @@ def _first_file(candidates: list[Path]) -> Path:
 # ----------------------------------------------------------------------------------------- checks
 
 
-def read_file(path: str) -> bytes:
-    """A whole file's bytes with plain system calls (less per-file overhead than ``open().read()``).
-
-    The first read asks for 64 KiB: a buffer of 1 MiB would be mapped and unmapped by malloc on every call
-    (several times the cost of the read); larger files are read on at their size."""
+def read_file_into(path: str | bytes, buf: np.ndarray, pos: int) -> tuple[np.ndarray, int]:
+    """Read a whole file into the uint8 buffer `buf` at `pos`, with plain system calls (no intermediate bytes
+    object); when it does not fit, into a new buffer twice as large (or more) holding `buf`'s first `pos` bytes.
+    Returns the buffer and the file's length."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        data = os.read(fd, _READ_SIZE)
-        if len(data) < _READ_SIZE:
-            return data
-        parts = [data]
-        size = max(os.fstat(fd).st_size - len(data) + 1, _READ_SIZE)  # + 1: find the end in one call
-        while block := os.read(fd, size):
-            parts.append(block)
-        return b"".join(parts)
+        n = os.readv(fd, [buf[pos:]]) if pos < len(buf) else 0
+        while pos + n == len(buf):  # full: there may be more
+            grown = np.empty(max(2 * len(buf), pos + n + _READ_SIZE), dtype=np.uint8)
+            grown[: pos + n] = buf[: pos + n]
+            buf = grown
+            more = os.readv(fd, [buf[pos + n :]])
+            if not more:
+                break
+            n += more
+        return buf, n
     finally:
         os.close(fd)
 
 
-def check_jpeg(data: bytes, decode: bool = False) -> str | None:
-    """What is wrong with these image bytes, or None. Cheap marker check; full decode when `decode`."""
-    if not data:
+def check_jpeg(data, decode: bool = False) -> str | None:
+    """What is wrong with these image bytes (any bytes-like object), or None. Cheap marker check; full decode
+    when `decode`."""
+    data = memoryview(data).cast("B")
+    if not len(data):
         return "empty file"
     if data[:3] != b"\xff\xd8\xff":
         return "not a JPEG (no start-of-image marker)"
-    if not data.endswith(b"\xff\xd9") and data.rfind(b"\xff\xd9", max(0, len(data) - _EOI_WINDOW)) < 0:
+    if data[-2:] != b"\xff\xd9" and bytes(data[-_EOI_WINDOW:]).rfind(b"\xff\xd9") < 0:
         return "truncated JPEG (no end-of-image marker)"
     if decode:
         from PIL import Image
@@ -585,38 +897,49 @@ def reencode_jpeg(data: bytes, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def read_images(paths: list[str], decode: bool, reencode_quality: int | None) -> tuple[list, list]:
-    """Read and check image files: the bytes of each (None when bad) and the problems as ``(index, kind,
-    detail)``: ``missing_image``, ``unreadable_image``, ``bad_image``. Re-encoded when `reencode_quality`."""
-    datas: list = []
+def read_images(
+    paths: list[str] | list[bytes], decode: bool, reencode_quality: int | None, out: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, list]:
+    """Read and check image files (paths as str or file-system bytes) one after the other into one uint8 buffer
+    (`out`, or a larger one when they do not fit): ``(data, ends, problems)``, file i being
+    ``data[ends[i-1]:ends[i]]`` (empty when bad) and the problems ``(index, kind, detail)``: ``missing_image``,
+    ``unreadable_image``, ``bad_image`` (details name the path as str). Re-encoded when `reencode_quality`."""
+    buf = out if out is not None else np.empty(len(paths) * _READ_SIZE // 4 + _READ_SIZE, dtype=np.uint8)
+    ends = np.empty(len(paths), dtype=np.int64)
+    pos = 0
     problems = []
     for i, path in enumerate(paths):
+        n = 0
         try:
-            data = read_file(path)
+            buf, n = read_file_into(path, buf, pos)
         except FileNotFoundError:
-            problems.append((i, "missing_image", path))
-            datas.append(None)
-            continue
+            problems.append((i, "missing_image", os.fsdecode(path)))
         except OSError as exc:
-            problems.append((i, "unreadable_image", f"{path}: {exc}"))
-            datas.append(None)
-            continue
-        problem = check_jpeg(data, decode=decode or reencode_quality is not None)
-        if problem is not None:
-            problems.append((i, "bad_image", f"{problem}: {path}"))
-            datas.append(None)
-            continue
-        if reencode_quality is not None:
-            data = reencode_jpeg(data, reencode_quality)
-        datas.append(data)
-    return datas, problems
+            problems.append((i, "unreadable_image", f"{os.fsdecode(path)}: {exc}"))
+        else:
+            problem = check_jpeg(buf[pos : pos + n], decode=decode or reencode_quality is not None)
+            if problem is not None:
+                problems.append((i, "bad_image", f"{problem}: {os.fsdecode(path)}"))
+                n = 0
+            elif reencode_quality is not None:
+                data = reencode_jpeg(buf[pos : pos + n].tobytes(), reencode_quality)
+                if pos + len(data) > len(buf):
+                    grown = np.empty(2 * (pos + len(data)), dtype=np.uint8)
+                    grown[:pos] = buf[:pos]
+                    buf = grown
+                n = len(data)
+                buf[pos : pos + n] = np.frombuffer(data, dtype=np.uint8)
+        pos += n
+        ends[i] = pos
+    return buf[:pos], ends, problems
 
 
 @dataclass(slots=True, eq=False)
 class _ReadTask:
-    paths: list[str]
+    paths: list
+    out: np.ndarray
     future: Future | None = None  # when handed to the threads
-    result: tuple | None = None  # (bytes or None per file, problems)
+    result: tuple | None = None  # (data, ends, problems)
 
 
 class ImageReader:
@@ -633,19 +956,22 @@ class ImageReader:
         self.options = (decode, reencode_quality)
         self.slow_file = slow_file
         self.seconds_per_file = 0.0  # the first task is read by the caller, and measures the files
+        self.bytes_per_file = 0.0
         self._pool = ThreadPoolExecutor(max(1, workers))
 
-    def submit(self, paths: list[str]) -> _ReadTask:
-        """Queue reading `paths`; pass the returned task to :meth:`result`."""
-        task = _ReadTask(paths)
+    def submit(self, paths: list) -> _ReadTask:
+        """Queue reading `paths` (into a :func:`~bioclip_cli.data.worker_stream.shared_buffer` as large as such
+        files have been so far); pass the returned task to :meth:`result`."""
+        capacity = int(len(paths) * self.bytes_per_file * 1.25) if self.bytes_per_file else _READ_SIZE // 4 * len(paths)
+        task = _ReadTask(paths, shared_buffer(capacity + _READ_SIZE))
         if self.parallel and paths:
-            task.future = self._pool.submit(self._timed, paths)
+            task.future = self._pool.submit(self._timed, paths, task.out)
         return task
 
-    def result(self, task: _ReadTask) -> tuple[list, list]:
-        """``(bytes or None per file, problems)`` of a submitted task."""
+    def result(self, task: _ReadTask) -> tuple[np.ndarray, np.ndarray, list]:
+        """``(data, ends, problems)`` of a submitted task (see :func:`read_images`)."""
         if task.future is None or task.future.cancel():
-            return self._timed(task.paths)
+            return self._timed(task.paths, task.out)
         return task.future.result()
 
     @property
@@ -653,12 +979,13 @@ class ImageReader:
         """Whether new tasks go to the threads."""
         return self.seconds_per_file >= self.slow_file
 
-    def _timed(self, paths: list[str]) -> tuple[list, list]:
+    def _timed(self, paths: list, out: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
         start = time.perf_counter()
-        result = read_images(paths, *self.options)
+        result = read_images(paths, *self.options, out=out)
         if paths:
             per_file = (time.perf_counter() - start) / len(paths)
             self.seconds_per_file = 0.5 * self.seconds_per_file + 0.5 * per_file
+            self.bytes_per_file = 0.5 * self.bytes_per_file + 0.5 * len(result[0]) / len(paths)
         return result
 
     def close(self) -> None:
@@ -671,39 +998,30 @@ class ImageReader:
         self.close()
 
 
-def barcode_problem(seq: str) -> str | None:
-    if not seq:
-        return "empty_barcode"
-    if seq.translate(_ACGTN_REMOVED):
-        return "barcode_chars"
-    return None
-
-
-def barcode_problems(barcodes: list[str]) -> list[tuple[int, str, str | None]]:
-    """``(row, kind, detail)`` for every empty barcode or one with characters outside ACGTN (one pass over the
-    joined column when all are clean)."""
-    if "" not in barcodes:
-        joined = "".join(barcodes)
-        if joined.isascii() and not joined.encode("ascii").translate(None, b"ACGTN"):  # bytes: much faster
-            return []
+def barcode_problems(barcodes: list[bytes]) -> list[tuple[int, str, str | None]]:
+    """``(row, kind, detail)`` for every empty barcode (UTF-8 bytes) or one with characters outside ACGTN (one
+    pass over the joined column when all are clean)."""
+    if b"" not in barcodes and not b"".join(barcodes).translate(None, b"ACGTN"):
+        return []
     out = []
     for i, seq in enumerate(barcodes):
-        kind = barcode_problem(seq)
-        if kind == "empty_barcode":
-            out.append((i, kind, None))
-        elif kind:
-            odd = sorted(set(seq) - set("ACGTN"))
-            out.append((i, kind, "characters " + "".join(odd[:20])))
+        if not seq:
+            out.append((i, "empty_barcode", None))
+        elif seq.translate(None, b"ACGTN"):
+            odd = sorted(set(seq.decode("utf-8")) - set("ACGTN"))
+            out.append((i, "barcode_chars", "characters " + "".join(odd[:20])))
     return out
 
 
-def missing_rank_bits(ranks: Sequence[list[str]]) -> np.ndarray:
-    """Per row, bit k set when rank k of `ranks` (order, family, genus, species columns) is ``not_classified``."""
+def missing_rank_bits(ranks: Sequence[list[bytes]]) -> np.ndarray:
+    """Per row, bit k set when rank k of `ranks` (order, family, genus, species columns, UTF-8 bytes) is
+    ``not_classified``."""
     n = len(ranks[0]) if ranks else 0
+    missing = NOT_CLASSIFIED.encode()
     bits = np.zeros(n, dtype=np.int64)
     for k, column in enumerate(ranks):
-        if NOT_CLASSIFIED in column:
-            bits |= (np.asarray(column, dtype=object) == NOT_CLASSIFIED).astype(np.int64) << k
+        if missing in column:
+            bits |= np.fromiter(map(missing.__eq__, column), dtype=bool, count=n).astype(np.int64) << k
     return bits
 
 

@@ -9,8 +9,9 @@ variable-length UTF-8.
 
 Image rows are stored 8 to a chunk and written with HDF5's direct chunk write (no selection or type
 machinery per row: several times faster than a plain slice assignment); a random row read then touches
-one chunk. The padded chunks of an append are made with one ``bytes.join`` (each JPEG followed by a view
-of a zero buffer). Rows that do not fill a chunk yet wait in memory until the next append or :meth:`close`.
+one chunk. Image rows are copied, as they are appended, into a zeroed buffer of 64 padded rows (each row's
+tail zeroed again only where a longer row left bytes), which is written as whole chunks when full or at
+:meth:`close`; a row longer than the chunk width also fills further chunk columns.
 Datasets are created and written through h5py's low-level API (one call per column and append; the
 creation properties are made once per file), which keeps the cost of the many small groups low.
 """
@@ -29,11 +30,14 @@ _ROW_CHUNK = 4096  # rows per chunk of the 1-D datasets (fewer for wide fixed-wi
 _STRING_CHUNK_BYTES = 1 << 16
 _TOKEN_CHUNK = 512  # rows per chunk of the token datasets (3 x 80 KiB fit h5py's default 1 MiB chunk cache)
 _WIDTH_STEP = 256  # image chunk width: the first batch's longest JPEG rounded up to this
-_JOIN_ROWS = 64  # image rows padded and joined at once (a buffer that stays in cache: faster than larger ones)
+_STAGE_ROWS = 64  # image rows padded in place before their chunks are written (a buffer that stays in cache)
 
 
 class GroupWriter:
-    """Appends rows to one group. Datasets are created on the first append (or by :meth:`create`)."""
+    """Appends rows to one group. Datasets are created on the first append (or by :meth:`create`).
+
+    :meth:`append` takes whole rows; a builder may instead give the image rows (:meth:`append_images`, copied at
+    once) and the other columns (:meth:`append_rows`) separately, in the same row order."""
 
     def __init__(self, group, maker: _DatasetMaker):
         self.group = group
@@ -42,18 +46,25 @@ class GroupWriter:
         self._has_images: bool | None = None
         self._has_tokens: bool | None = None
         self._rows = 0
-        self._pending: list[bytes] = []  # image rows not yet written (less than a chunk)
-        self._images_written = 0
+        self._image_rows = 0  # rows given to append_images (written, or staged)
         self._handles: dict = {}  # name -> low-level DatasetID
         self._chunks: tuple[int, int] | None = None
-        self._zeros: memoryview | None = None  # one chunk row of zeros
+        self._stage: np.ndarray | None = None  # [_STAGE_ROWS, chunk width]: image rows padded, until written
+        self._staged = 0  # rows in the stage
+        self._stage_lengths: list[int] = []  # bytes of each staged row (within the chunk width)
+        self._zeros: memoryview | None = None
+        self._image_rows_written = 0
+        self._image_width = 0  # the longest image row so far
+        self._masks: list[np.ndarray] = []  # image lengths not written yet
+        self._masks_written = 0
+        self._spill: dict[int, bytes] = {}  # staged row -> its bytes beyond the chunk width
 
     def __len__(self) -> int:
         return self._rows
 
     def append(
         self,
-        strings: Mapping[str, Sequence[str]],
+        strings: Mapping[str, Sequence[str] | np.ndarray],
         images: Sequence[bytes] | None = None,
         tokens: Mapping[str, np.ndarray] | None = None,
     ) -> None:
@@ -70,22 +81,41 @@ class GroupWriter:
             longest = max((len(b) for b in images), default=1) if images is not None else None
             token_len = np.asarray(tokens["input_ids"]).shape[1] if tokens is not None else None
             self.create(list(strings), image_width=longest, token_len=token_len, rows_hint=n)
-        if sorted(strings) != self._string_names or (images is not None) != self._has_images:
+        if (images is not None) != self._has_images:
+            raise ValueError(f"group {self.group.name}: every append must give the same columns")
+        columns = self._columns(strings, tokens)  # (checked before anything is written)
+        if images is not None:
+            self.append_images(*image_arrays(images))
+        self._write_columns(columns, n)
+
+    def append_rows(
+        self, strings: Mapping[str, Sequence[str] | np.ndarray], tokens: Mapping[str, np.ndarray] | None = None
+    ) -> None:
+        """Append the string (and token) columns of rows whose images :meth:`append_images` took."""
+        lengths = {len(v) for v in strings.values()} | ({len(tokens[k]) for k in TOKEN_KEYS} if tokens else set())
+        if len(lengths) != 1:
+            raise ValueError(f"columns of different lengths appended to group {self.group.name}: {sorted(lengths)}")
+        n = lengths.pop()
+        if self._rows + n > self._image_rows:
+            raise ValueError(f"group {self.group.name}: rows appended before their images")
+        self._write_columns(self._columns(strings, tokens), n)
+
+    def _columns(self, strings, tokens) -> dict[str, np.ndarray]:
+        if self._string_names is None or sorted(strings) != self._string_names:
             raise ValueError(f"group {self.group.name}: every append must give the same columns")
         if (tokens is not None) != self._has_tokens:
             raise ValueError(f"group {self.group.name}: every append must give tokens, or none")
-        if n == 0:
-            return
-        start = self._rows
-        columns = {name: self._maker.string_column(name, values) for name, values in strings.items()}  # all, or none
-        for name, column in columns.items():
-            self._write_rows(name, start, column)
-        if images is not None:
-            self._append_images(start, images)
+        columns = {name: self._maker.string_column(name, values) for name, values in strings.items()}
         if tokens is not None:
             for key in TOKEN_KEYS:
-                self._write_rows(TOKEN_PREFIX + key, start, np.ascontiguousarray(tokens[key], dtype=np.int64))
-        self._rows = start + n
+                columns[TOKEN_PREFIX + key] = np.ascontiguousarray(tokens[key], dtype=np.int64)
+        return columns
+
+    def _write_columns(self, columns: dict[str, np.ndarray], n: int) -> None:
+        if n:
+            for name, column in columns.items():
+                self._write_rows(name, self._rows, column)
+            self._rows += n
 
     def _dataset(self, name: str):
         """The low-level h5py DatasetID of `name` (kept from its creation: a group lookup per call costs)."""
@@ -133,74 +163,115 @@ class GroupWriter:
             self._handles["image"] = make(self.group, "image", np.uint8, (IMAGE_CHUNK_ROWS, width))
             self._handles["image_mask"] = make(self.group, "image_mask", np.int64, rows=rows)
             self._chunks = (IMAGE_CHUNK_ROWS, width)
-            self._zeros = memoryview(bytes(width))
         if token_len is not None:
             for key in TOKEN_KEYS:
                 name = TOKEN_PREFIX + key
                 chunk = (min(_TOKEN_CHUNK, rows or _TOKEN_CHUNK), token_len)
                 self._handles[name] = make(self.group, name, np.int64, chunk)
 
-    def _append_images(self, start: int, images: Sequence[bytes]) -> None:
-        lengths = np.fromiter(map(len, images), dtype=np.int64, count=len(images))
-        image = self._dataset("image")
-        width = max(image.shape[1], int(lengths.max(initial=0)))
-        image.set_extent((start + len(images), width))
-        self._write_rows("image_mask", start, lengths)
-        self._pending.extend(images)
-        full = len(self._pending) // IMAGE_CHUNK_ROWS * IMAGE_CHUNK_ROWS
-        if full:
-            for lo in range(0, full, _JOIN_ROWS):
-                self._write_chunks(self._pending[lo : min(full, lo + _JOIN_ROWS)])
-            del self._pending[:full]
+    def append_images(self, data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
+        """Append image rows: row i is ``data[starts[i]:ends[i]]`` (uint8). The bytes are copied at once (into
+        zero-padded chunks), so `data` may be reused afterwards. The group must have been created with images."""
+        if not self._has_images:
+            raise ValueError(f"group {self.group.name}: created without images")
+        lengths = np.asarray(ends, dtype=np.int64) - np.asarray(starts, dtype=np.int64)
+        n = len(lengths)
+        if not n:
+            return
+        first = self._image_rows
+        self._image_width = max(self._image_width, int(lengths.max()))
+        self._masks.append(lengths)
+        chunk_rows, width = self._chunks
+        if self._stage is None:
+            self._stage = np.zeros((_STAGE_ROWS, width), dtype=np.uint8)
+            self._stage_lengths = [0] * _STAGE_ROWS
+            self._zeros = memoryview(bytes(width))
+        flat = memoryview(self._stage).cast("B")  # (memoryview slices: a plain memcpy each, no numpy machinery)
+        source = memoryview(np.ascontiguousarray(data, dtype=np.uint8)).cast("B")
+        used, zeros = self._stage_lengths, self._zeros
+        r = self._staged
+        for start, length in zip(np.asarray(starts).tolist(), lengths.tolist()):
+            inside = length if length < width else width
+            at = r * width
+            flat[at : at + inside] = source[start : start + inside]
+            if used[r] > inside:  # what a longer row left here before
+                flat[at + inside : at + used[r]] = zeros[: used[r] - inside]
+            used[r] = inside
+            if length > width:
+                self._spill[r] = bytes(source[start + width : start + length])
+            r += 1
+            if r == _STAGE_ROWS:
+                self._staged = r
+                self._write_stage()
+                r = 0
+        self._staged = r
+        self._image_rows = first + n
+        if self._image_rows - self._masks_written >= _ROW_CHUNK:
+            self._write_masks()
 
-    def _write_chunks(self, rows: list[bytes]) -> None:
-        """Write whole chunks of image rows at `_images_written` (the last chunk may be partly filled).
+    def _write_masks(self) -> None:
+        """Write the image lengths given since the last call (``image_mask``)."""
+        if self._masks:
+            lengths = np.concatenate(self._masks)
+            self._write_rows("image_mask", self._masks_written, lengths)
+            self._masks_written += len(lengths)
+            self._masks = []
 
-        The first chunk column of every row comes from one joined, zero-padded buffer; the rare rows longer
-        than a chunk are written on in further chunk columns (only where a row reaches them)."""
-        dsid = self._dataset("image")
-        chunk_rows, chunk_width = self._chunks
-        zeros = self._zeros
-        lengths = [len(data) for data in rows]
-        parts: list = []
-        longest = max(lengths)
-        if longest <= chunk_width:
-            for data, n in zip(rows, lengths):
-                parts += (data, zeros[n:])
-        else:
-            for data, n in zip(rows, lengths):
-                parts += (data, zeros[n:]) if n <= chunk_width else (memoryview(data)[:chunk_width],)
-        n_chunks = -(-len(rows) // chunk_rows)
-        parts.append(bytes((n_chunks * chunk_rows - len(rows)) * chunk_width))  # fill the last chunk
-        block = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(n_chunks * chunk_rows, chunk_width)
-        written = np.add.reduceat(np.asarray(lengths), np.arange(0, len(rows), chunk_rows)) > 0
-        write = dsid.write_direct_chunk
-        first = self._images_written
-        for c, lo in enumerate(range(0, len(rows), chunk_rows)):
-            if written[c]:  # an all-empty chunk stays unwritten (it reads as zeros)
-                write((first + lo, 0), block[lo : lo + chunk_rows])  # a C-contiguous view: no copy
-        if longest > chunk_width:
-            self._write_spill(rows, lengths, first)
-        self._images_written += len(rows)
-
-    def _write_spill(self, rows: list[bytes], lengths: list[int], first: int) -> None:
-        """The chunk columns after the first, for the chunks holding a row longer than the chunk width."""
-        chunk_rows, chunk_width = self._chunks
+    def _write_stage(self) -> None:
+        """Write the staged rows as whole chunks at the rows before them (the last chunk zero-filled)."""
+        chunk_rows, width = self._chunks
+        n = self._staged
+        if not n:
+            return
+        first = self._image_rows_written
+        self._dataset("image").set_extent((first + n, self._image_width))
+        padded = -(-n // chunk_rows) * chunk_rows
+        used = self._stage_lengths
+        if padded > n:
+            self._stage[n:padded] = 0
+            used[n:padded] = [0] * (padded - n)
         write = self._dataset("image").write_direct_chunk
-        for lo in range(0, len(rows), chunk_rows):
-            longest = max(lengths[lo : lo + chunk_rows])
-            for c in range(1, -(-longest // chunk_width)):
-                block = np.zeros((chunk_rows, chunk_width), dtype=np.uint8)
-                for r in range(lo, min(lo + chunk_rows, len(rows))):
-                    part = rows[r][c * chunk_width : (c + 1) * chunk_width]
+        for lo in range(0, padded, chunk_rows):
+            if any(used[lo : lo + chunk_rows]):  # an all-empty chunk stays unwritten (it reads as zeros)
+                write((first + lo, 0), self._stage[lo : lo + chunk_rows])  # a C-contiguous view: no copy
+        if self._spill:
+            self._write_spill(first)
+        self._image_rows_written = first + n
+        self._staged = 0
+
+    def _write_spill(self, first: int) -> None:
+        """The chunk columns after the first, for the chunks holding a row longer than the chunk width."""
+        chunk_rows, width = self._chunks
+        write = self._dataset("image").write_direct_chunk
+        by_chunk: dict[int, list[int]] = {}
+        for r in self._spill:
+            by_chunk.setdefault(r - r % chunk_rows, []).append(r)
+        for lo, rows in sorted(by_chunk.items()):
+            columns = max(len(self._spill[r]) for r in rows)
+            for c in range(-(-columns // width)):
+                block = np.zeros((chunk_rows, width), dtype=np.uint8)
+                for r in rows:
+                    part = self._spill[r][c * width : (c + 1) * width]
                     block[r - lo, : len(part)] = np.frombuffer(part, dtype=np.uint8)
-                write((first + lo, c * chunk_width), block)
+                write((first + lo, (c + 1) * width), block)
+        self._spill = {}
 
     def finish(self) -> None:
-        """Write the image rows still waiting for a full chunk (called by :meth:`BioscanH5Writer.close`)."""
-        if self._pending:
-            self._write_chunks(self._pending)
-            self._pending = []
+        """Write the image rows still staged (called by :meth:`BioscanH5Writer.close`); check every row has
+        its images."""
+        if self._staged:
+            self._write_stage()
+        self._write_masks()
+        if self._has_images and self._image_rows != self._rows:
+            raise ValueError(
+                f"group {self.group.name}: {self._image_rows} image rows but {self._rows} rows of the other columns"
+            )
+
+
+def image_arrays(images: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(data, starts, ends)`` of a list of images, for :meth:`GroupWriter.append_images`."""
+    ends = np.cumsum(np.fromiter(map(len, images), dtype=np.int64, count=len(images)))
+    return np.frombuffer(b"".join(images), dtype=np.uint8), ends - np.diff(ends, prepend=0), ends
 
 
 class _DatasetMaker:
@@ -243,10 +314,18 @@ class _DatasetMaker:
             space = h5s.create_simple((0, chunks[1]), (h5s.UNLIMITED, chunks[1]))
         return h5d.create(group.id, name.encode(), tid, space, dcpl=dcpl)
 
-    def string_column(self, name: str, values: Sequence[str]) -> np.ndarray:
-        """`values` as the stored type: fixed-width UTF-8 bytes (never cut: a longer value is an error) or
-        variable-length str (values that are not str are written as ``str(value)``)."""
+    def string_column(self, name: str, values: Sequence[str] | np.ndarray) -> np.ndarray:
+        """`values` (str, or a numpy array of UTF-8 byte strings) as the stored type: fixed-width UTF-8 bytes
+        (never cut: a longer value is an error) or variable-length str (values that are not str are written as
+        ``str(value)``)."""
         width = self.string_widths.get(name)
+        if isinstance(values, np.ndarray) and values.dtype.kind == "S":
+            if width is None:
+                values = [v.decode("utf-8") for v in values.tolist()]
+            elif values.dtype.itemsize <= max(1, width):
+                return values.astype(f"S{max(1, width)}", copy=values.dtype.itemsize != max(1, width))
+            else:
+                values = [v.decode("utf-8") for v in values.tolist()]  # (the error below names the value)
         if width is None:
             column = np.empty(len(values), dtype=self.string_dtype(name))
             column[:] = [v if isinstance(v, str) else str(v) for v in values]

@@ -3,12 +3,15 @@
 One quick pass over the metadata finds the widest value of each string column (the strings are stored
 fixed-width, as in the published files); then the metadata is streamed in blocks of rows (never all rows
 in memory), handled column-wise: the selection (splits, partition, duplicates) and the checks (barcode
-characters, missing ranks) are done per block, not per row. Image files are read and checked by an
-:class:`~bioclip_cli.data.build_raw.ImageReader` (by this thread while files come from the page cache,
-by a thread pool, ahead, while they are slow to read); each group's rows are buffered and appended to
-chunked, resizable datasets. The original JPEG bytes are stored unchanged unless `reencode_quality` is
-given. Output goes to ``OUT.partial`` and is renamed to ``OUT`` only when complete; every bad input is
-counted and listed in ``OUT.report.json`` (nothing is dropped silently).
+characters, missing ranks) are done per block, not per row. Three processes work at once where there are
+two CPUs or more (``workers`` > 1): one parses the metadata blocks, one reads and checks the image files
+(an :class:`~bioclip_cli.data.build_raw.ImageReader`: by its own thread while files come from the page
+cache, by a thread pool, ahead, while they are slow to read), and this one writes the file; they hand each
+other the rows through shared memory (:mod:`~bioclip_cli.data.worker_stream`), a few parts ahead. Image
+rows go straight into zero-padded chunks; the other columns are buffered per group and appended to chunked,
+resizable datasets. The original JPEG bytes are stored unchanged unless `reencode_quality` is given. Output
+goes to ``OUT.partial`` and is renamed to ``OUT`` only when complete; every bad input is counted and listed
+in ``OUT.report.json`` (nothing is dropped silently).
 """
 
 from __future__ import annotations
@@ -17,9 +20,8 @@ import json
 import os
 import re
 import time
-from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
-from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -29,23 +31,23 @@ from bioclip_cli.data.build_raw import (
     GROUPS_1M,
     GROUPS_5M,
     ImageReader,
+    ParsedBlock,
     ProblemLog,
     RawBatch,
     Release1M,
     Release5M,
-    barcode_problems,
     groups_for_splits,
-    missing_rank_bits,
-    rows_picker,
+    with_images,
 )
 from bioclip_cli.data.hdf5_writer import BioscanH5Writer
 from bioclip_cli.data.taxonomy import LEVELS, load_text_tokenizer, taxonomy_strings, tokenize_taxonomy
+from bioclip_cli.data.worker_stream import WorkerStream
 from bioclip_cli.errors import BioclipError, DataError
 from bioclip_cli.progress import progress_bar
 
-BATCH_ROWS = 256  # image files per read/check task
-FLUSH_ROWS = 4096  # rows buffered per group before an HDF5 append...
-FLUSH_BYTES = 64 << 20  # ...or image bytes (large photographs)
+PART_ROWS = 256  # image files per read/check task and per item from the worker process...
+PART_BYTES = 8 << 20  # ...or about as many bytes of files (fewer rows when the files are large)
+FLUSH_ROWS = 4096  # rows of strings buffered per group before an HDF5 append (images are written at once)
 _ABSENT = [",".join(level for k, level in enumerate(LEVELS) if bits >> k & 1) for bits in range(16)]
 
 
@@ -151,8 +153,10 @@ def build_hdf5(
         group_names = list(groups)
         report.groups_skipped = [g for g in GROUPS_5M if g not in groups]
 
-        def batches(log: ProblemLog):
-            return source.batches(groups, log)
+        parsed_blocks = source.parsed_blocks(groups)
+
+        def batches(log: ProblemLog, parsed: Iterable[ParsedBlock]):
+            return source.batches(groups, log, parsed)
 
     else:
         source = Release1M(root, partition, image_package)
@@ -166,11 +170,14 @@ def build_hdf5(
         group_names = sorted({g for gs in membership.values() for g in gs}, key=_group_order)
         options["partition"] = str(source.partition)
 
-        def batches(log: ProblemLog):
-            return source.batches(membership, group_names, log)
+        parsed_blocks = source.parsed_blocks()
+
+        def batches(log: ProblemLog, parsed: Iterable[ParsedBlock]):
+            return source.batches(membership, group_names, log, parsed)
 
     return _build(
         source,
+        parsed_blocks,
         batches,
         group_names,
         out,
@@ -195,36 +202,35 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 class _GroupBuffer:
-    """The rows of one group waiting for an HDF5 append, column-wise."""
+    """The string columns of one group's rows waiting for an HDF5 append (pieces of byte-string arrays); their
+    images go to the file at once."""
 
     def __init__(self, n_columns: int):
-        self.columns: list[list[str]] = [[] for _ in range(n_columns)]
-        self.images: list[bytes] = []
-        self.nbytes = 0
+        self.columns: list[list[np.ndarray]] = [[] for _ in range(n_columns)]
+        self.rows = 0
 
-    def extend(self, columns: list[list[str]], images: list[bytes], rows: np.ndarray) -> None:
-        if len(rows) > 1:
-            take = itemgetter(*rows.tolist())  # a tuple of the rows, in one C call
-        else:
-            take = rows_picker(rows, len(images))
+    def extend(self, columns: list[np.ndarray], rows: np.ndarray) -> None:
+        whole = len(rows) == len(columns[0])  # (rows are ascending and distinct)
         for buf, column in zip(self.columns, columns):
-            buf.extend(take(column))
-        taken = take(images)
-        self.images.extend(taken)
-        self.nbytes += sum(map(len, taken))
+            buf.append(column if whole else column[rows])
+        self.rows += len(rows)
+
+    def strings(self) -> list[np.ndarray]:
+        """Each column's pieces as one array (as wide as its widest piece)."""
+        return [parts[0] if len(parts) == 1 else np.concatenate(parts) for parts in self.columns]
 
     def full(self) -> bool:
-        return len(self.images) >= FLUSH_ROWS or self.nbytes >= FLUSH_BYTES
+        return self.rows >= FLUSH_ROWS
 
     def clear(self) -> None:
         for buf in self.columns:
             buf.clear()
-        self.images = []
-        self.nbytes = 0
+        self.rows = 0
 
 
 def _build(
     source: Release5M | Release1M,
+    parsed_blocks,
     batches,
     group_names: list[str],
     out: Path,
@@ -246,6 +252,7 @@ def _build(
         raise DataError(out, f"--reencode-quality must be in 1..100, got {reencode_quality}")
     tokenizer = load_text_tokenizer(text_tokenizer) if text_tokenizer else None  # fail before any work
     workers = max(1, workers or min(8, os.cpu_count() or 1))
+    parse_in_worker = workers > 1 and (os.cpu_count() or 1) > 1
     report.options = dict(
         options,
         text_tokenizer=text_tokenizer,
@@ -266,87 +273,115 @@ def _build(
     }
     start = time.perf_counter()
     size = source.metadata.stat().st_size
-    with progress_bar(size, f"build-hdf5 {report.dataset}: scanning the metadata", unit="B") as bar:
-        total, widths = source.scan(bar.advance)  # the widest strings: the file stores fixed-width strings
-    string_columns = source.strings
-    buffers = {g: _GroupBuffer(len(string_columns)) for g in group_names}
-    missing_ranks = np.zeros(len(LEVELS), dtype=np.int64)
     try:
-        with (
-            ImageReader(workers, check_images == "decode", reencode_quality) as reader,
-            BioscanH5Writer(partial, attrs=attrs, string_widths=widths) as writer,
-            progress_bar(total, f"build-hdf5 {report.dataset}", unit="rows") as bar,
-        ):
-            for name in group_names:
-                writer.group(name)
 
-            def flush(group: str) -> None:
-                buf = buffers[group]
-                strings = dict(zip(string_columns, buf.columns))
-                tokens = None
-                if tokenizer is not None:
-                    text = taxonomy_strings(*(strings[level] for level in LEVELS))
-                    tokens = tokenize_taxonomy(tokenizer, text, text_max_len)
-                writer.group(group).append(strings, images=buf.images, tokens=tokens)
-                buf.clear()
+        def produce() -> Iterator[ParsedBlock]:  # what the worker process runs
+            with (
+                WorkerStream(parsed_blocks, enabled=parse_in_worker) as blocks,  # and a worker of its own parses
+                ImageReader(workers, check_images == "decode", reencode_quality) as reader,
+            ):
+                yield from with_images(blocks, reader, PART_ROWS, PART_BYTES, ahead=workers)
 
-            def consume() -> None:
-                batch, tasks = pending.popleft()
-                datas, problems = [], []
-                for lo, task in zip(range(0, len(batch), BATCH_ROWS), tasks):
-                    part, issues = reader.result(task)
-                    datas += part
-                    problems += [(lo + i, kind, detail) for i, kind, detail in issues]
-                good = _image_problems(batch, problems, log, on_bad_image)
-                _store(batch.subset(good), datas, good, buffers, log, missing_ranks, report, flush)
-                bar.advance(batch.rows_read)
-
-            pending: deque = deque()
-            for batch in batches(log):
-                report.metadata_rows += batch.rows_read
-                report.rows_not_selected += batch.not_selected
-                paths = batch.paths
-                tasks = [reader.submit(paths[lo : lo + BATCH_ROWS]) for lo in range(0, len(paths), BATCH_ROWS)]
-                pending.append((batch, tasks))
-                if len(pending) > 1:  # the next block is read while this one is stored
-                    consume()
-            while pending:
-                consume()
-            for name in group_names:
-                if buffers[name].images:
-                    flush(name)
-                writer.group(name).create(string_columns, token_len=text_max_len if tokenizer else None, rows_hint=0)
-            report.groups = {name: len(writer.group(name)) for name in group_names}
+        # a worker process (forked first: before any thread or HDF5 file) parses the metadata and reads the
+        # images, ahead of this one, which writes the file
+        with WorkerStream(produce, enabled=parse_in_worker, slot_bytes=2 * PART_BYTES) as parsed:
+            with progress_bar(size, f"build-hdf5 {report.dataset}: scanning the metadata", unit="B") as bar:
+                total, widths = source.scan(bar.advance)  # the widest strings: stored fixed-width
+            _write_groups(
+                batches(log, parsed),
+                total,
+                source.strings,
+                group_names,
+                BioscanH5Writer(partial, attrs=attrs, string_widths=widths),
+                report,
+                log,
+                tokenizer=tokenizer,
+                text_max_len=text_max_len,
+                on_bad_image=on_bad_image,
+            )
         os.replace(partial, out)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
     report.problems = log.to_dict()
-    report.missing_ranks = {level: int(n) for level, n in zip(LEVELS, missing_ranks) if n}
     report.seconds = round(time.perf_counter() - start, 3)
     report.rows_per_second = round(report.rows_written / report.seconds, 1) if report.seconds else 0.0
     report.report_path.write_text(report.to_json())
     return report
 
 
-def _image_problems(batch: RawBatch, problems: list, log: ProblemLog, on_bad_image: str) -> np.ndarray:
+def _write_groups(
+    batches: Iterator[RawBatch],
+    total: int,
+    string_columns: tuple[str, ...],
+    group_names: list[str],
+    writer: BioscanH5Writer,
+    report: BuildReport,
+    log: ProblemLog,
+    *,
+    tokenizer,
+    text_max_len: int,
+    on_bad_image: str,
+) -> None:
+    """Write the rows of every batch (`total` metadata rows) into their groups, logging its bad inputs; closes
+    `writer` (the body of :func:`_build`)."""
+    buffers = {g: _GroupBuffer(len(string_columns)) for g in group_names}
+    missing_ranks = np.zeros(len(LEVELS), dtype=np.int64)
+    token_len = text_max_len if tokenizer is not None else None
+    longest = 1
+    with writer, progress_bar(total, f"build-hdf5 {report.dataset}", unit="rows") as bar:
+        for name in group_names:
+            writer.group(name)
+
+        def flush(group: str) -> None:
+            buf, out = buffers[group], writer.group(group)
+            strings = dict(zip(string_columns, buf.strings()))
+            tokens = None
+            if tokenizer is not None:
+                text = taxonomy_strings(*(np.char.decode(strings[level], "utf-8") for level in LEVELS))
+                tokens = tokenize_taxonomy(tokenizer, text, text_max_len)
+            out.append_rows(strings, tokens=tokens)
+            buf.clear()
+
+        for batch in batches:
+            report.metadata_rows += batch.rows_read
+            report.rows_not_selected += batch.not_selected
+            good = _image_problems(batch, log, on_bad_image)
+            batch = batch.subset(good)
+            if len(batch):  # the longest image so far sets the chunk width of the groups made from now on
+                longest = max(longest, int((batch.image_ends - batch.image_starts).max()))
+            for group, rows in batch.groups.items():
+                if len(rows):
+                    writer.group(group).create(string_columns, image_width=longest, token_len=token_len)
+            _store(batch, buffers, writer, log, missing_ranks, report, flush)
+            bar.advance(batch.rows_read)
+        for name in group_names:
+            if buffers[name].rows:
+                flush(name)
+            writer.group(name).create(string_columns, token_len=token_len, rows_hint=0)  # (if it got no rows)
+        report.groups = {name: len(writer.group(name)) for name in group_names}
+    report.missing_ranks = {level: int(n) for level, n in zip(LEVELS, missing_ranks) if n}
+
+
+def _image_problems(batch: RawBatch, log: ProblemLog, on_bad_image: str) -> np.ndarray:
     """Log the image problems of a batch (or fail at the first); the indices of its good rows."""
     good = np.ones(len(batch), dtype=bool)
-    for i, kind, detail in problems:
+    for i, kind, detail in batch.image_problems:
         if on_bad_image == "fail":
-            raise DataError(batch.paths[i], f"bad input for {batch.ids[i]}: {kind.replace('_', ' ')} ({detail})")
-        log.add(kind, batch.ids[i], "skipped", detail)
+            raise DataError(
+                os.fsdecode(batch.paths[i]), f"bad input for {batch.id(i)}: {kind.replace('_', ' ')} ({detail})"
+            )
+        log.add(kind, batch.id(i), "skipped", detail)
         good[i] = False
     return np.flatnonzero(good)
 
 
-def _store(batch: RawBatch, datas: list, good: np.ndarray, buffers, log, missing_ranks, report, flush) -> None:
-    """Check the rows with a good image (barcode, ranks: logged, kept) and queue them in their groups."""
-    images = rows_picker(good, len(datas))(datas)
-    ids = batch.ids
-    for i, kind, detail in barcode_problems(batch.columns[0]):
-        log.add(kind, ids[i], "kept", detail)
-    bits = missing_rank_bits(batch.columns[1:5])
+def _store(batch: RawBatch, buffers, writer, log, missing_ranks, report, flush) -> None:
+    """Log the rows' barcode and rank issues (the rows are kept), write their images into their groups and queue
+    their strings."""
+    for i, kind, detail in batch.barcode_issues:
+        log.add(kind, batch.id(i), "kept", detail)
+    bits = batch.rank_bits
     absent = np.flatnonzero(bits)
     if len(absent):
         for k in range(len(LEVELS)):
@@ -354,16 +389,18 @@ def _store(batch: RawBatch, datas: list, good: np.ndarray, buffers, log, missing
         listed = absent[: log.room("missing_taxonomy")]  # ids beyond the report's cap are only counted
         log.add_many(
             "missing_taxonomy",
-            [ids[i] for i in listed.tolist()],
+            np.char.decode(batch.ids[listed], "utf-8").tolist(),
             "stored as not_classified",
             [_ABSENT[b] for b in bits[listed].tolist()],
             count=len(absent),
         )
-    report.rows_written += len(images)
-    report.image_bytes += sum(map(len, images))
+    report.rows_written += len(batch)
+    report.image_bytes += int((batch.image_ends - batch.image_starts).sum())
     for group, rows in batch.groups.items():
         if len(rows):
+            starts, ends = batch.image_starts[rows], batch.image_ends[rows]
+            writer.group(group).append_images(batch.image_data, starts, ends)
             buf = buffers[group]
-            buf.extend(batch.columns, images, rows)
+            buf.extend(batch.columns, rows)
             if buf.full():
                 flush(group)
