@@ -101,3 +101,30 @@ def test_nested_streams():
     with WorkerStream(doubled, slots=3, slot_bytes=16 << 10) as outer:
         got = [(item["i"], item["twice"].tolist()) for item in outer]
     assert got == [(i, [] if i in (3, 4) else [2 * r for r in range(i)]) for i in range(12)]
+
+
+def gone(pid: int) -> bool:
+    """Whether process `pid` has exited (a zombie nobody reaped counts: its parent may be gone too)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return any(line.startswith("State:") and "Z" in line for line in fh)
+    except FileNotFoundError:
+        return True
+
+
+def test_a_worker_whose_consumer_is_gone_exits():
+    """Ctrl-C stops the build's reader process while its parser process waits for a free slot: the parser
+    must see its pipes end, not wait forever (it once did: it held copies of its consumer's pipe ends)."""
+
+    def outer():
+        inner = WorkerStream(lambda: items(10_000), slots=2, slot_bytes=16 << 10)
+        for item in inner:
+            yield {"inner_pid": inner._process.pid, "i": item["i"]}
+
+    with WorkerStream(outer, slots=2, slot_bytes=16 << 10) as stream:
+        inner_pid = next(iter(stream))["inner_pid"]
+        time.sleep(0.2)  # both workers now wait for slots
+    deadline = time.time() + 10
+    while not gone(inner_pid) and time.time() < deadline:
+        time.sleep(0.05)
+    assert gone(inner_pid)

@@ -372,19 +372,21 @@ class BioscanH5Writer:
             self._groups[name] = GroupWriter(self.file.create_group(name), self._maker)
         return self._groups[name]
 
-    def close(self) -> None:
+    def close(self, finish: bool = True) -> None:
+        """Write what waits (unless not `finish`: a file given up on) and close the file."""
         if self.file.id.valid:
             try:
-                for group in self._groups.values():
-                    group.finish()
+                if finish:
+                    for group in self._groups.values():
+                        group.finish()
             finally:
                 self.file.close()
 
     def __enter__(self) -> BioscanH5Writer:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(finish=exc_type is None)  # (after an error the rows may be incomplete: nothing is checked)
 
 
 def write_groups(path: str | Path, groups: Mapping[str, Mapping[str, object]], attrs=None) -> Path:

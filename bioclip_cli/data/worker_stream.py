@@ -54,7 +54,8 @@ class WorkerStream(Generic[T]):
         context = multiprocessing.get_context("fork")
         self._items, items_out = context.Pipe(duplex=False)
         free_in, self._free = context.Pipe(duplex=False)
-        self._process = context.Process(target=_work, args=(produce, self._ring, slots, slot_bytes, items_out, free_in))
+        ends = (items_out, free_in, (self._items, self._free))
+        self._process = context.Process(target=_work, args=(produce, self._ring, slots, slot_bytes, *ends))
         self._process.start()
         items_out.close()
         free_in.close()
@@ -193,10 +194,12 @@ class _Slots:
         return slot, spans
 
 
-def _work(produce, ring: mmap.mmap, slots: int, slot_bytes: int, items_out, free_in) -> None:
+def _work(produce, ring: mmap.mmap, slots: int, slot_bytes: int, items_out, free_in, parent_ends) -> None:
     """The worker: each item of ``produce()`` into a slot of `ring` (or the pipe), announced on `items_out`."""
     global _LENDER
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for end in parent_ends:  # (copies forked with this process: a pipe ends only when every copy of its end is)
+        end.close()
     _LENDER = lender = _Slots(ring, slots, slot_bytes, free_in)
     try:
         for item in produce():
@@ -210,8 +213,13 @@ def _work(produce, ring: mmap.mmap, slots: int, slot_bytes: int, items_out, free
                 items_out.send((_ITEM, *placed, inband))
             del item
         items_out.send((_END,))
+    except (BrokenPipeError, EOFError):  # the consumer has gone (stopped early, interrupted): so does the worker
+        return
     except BaseException as exc:  # handed to the consumer, which raises it
         try:
-            items_out.send((_ERROR, exc))
-        except Exception:  # an exception that does not pickle
-            items_out.send((_ERROR, RuntimeError(f"{type(exc).__name__}: {exc}")))
+            try:
+                items_out.send((_ERROR, exc))
+            except (pickle.PicklingError, TypeError, AttributeError):  # an exception that does not pickle
+                items_out.send((_ERROR, RuntimeError(f"{type(exc).__name__}: {exc}")))
+        except (BrokenPipeError, EOFError):
+            return
