@@ -421,3 +421,21 @@ def test_metadata_that_is_not_utf8_is_an_error(tmp_path, workers):
         build_5m(root, tmp_path / "out.hdf5", workers=workers)
     assert caught.value.path == meta and caught.value.hint
     assert not (tmp_path / "out.hdf5").exists() and not (tmp_path / "out.hdf5.partial").exists()
+
+
+def test_build_with_many_small_parts_and_many_workers(tmp_path, monkeypatch):
+    """Parts of two or three images and more read threads than the default slots: the reader lends one slot per
+    part it has in hand, so the stream gets more slots than that (with too few it would wait forever)."""
+    import signal
+
+    import bioclip_cli.workflows.build_hdf5 as workflow
+
+    one = build_5m(sample_root(), tmp_path / "one.hdf5", splits=["val", "key_unseen", "train"], workers=1)
+    monkeypatch.setattr(workflow, "PART_BYTES", 20_000)
+    signal.alarm(120)  # a hang fails the test instead of the suite
+    try:
+        many = build_5m(sample_root(), tmp_path / "many.hdf5", splits=["val", "key_unseen", "train"], workers=12)
+    finally:
+        signal.alarm(0)
+    assert many.groups == one.groups and many.problems == one.problems
+    assert h5_contents(tmp_path / "one.hdf5") == h5_contents(tmp_path / "many.hdf5")

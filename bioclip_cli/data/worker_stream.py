@@ -1,4 +1,5 @@
-"""A stream of Python objects made by a forked worker process (`build-hdf5` parses the metadata so).
+"""A stream of Python objects made by a forked worker process (`build-hdf5` parses the metadata and reads the
+image files so).
 
 ``with WorkerStream(produce) as items: for item in items: ...`` iterates ``produce()`` run in a worker
 process, while this process works on the items already made. The large parts of each item (numpy arrays:
@@ -114,7 +115,8 @@ class WorkerStream(Generic[T]):
 def shared_buffer(nbytes: int) -> np.ndarray:
     """A new uint8 array of `nbytes` for an item being made: in a worker process, the memory of a free slot (the
     item that holds it, or a view of it, is then sent without copying those bytes; a slot no item took is free
-    again once the array is gone); elsewhere, or when larger than a slot, ordinary memory."""
+    again once the array is gone); elsewhere, or when larger than a slot, ordinary memory. A worker that holds
+    as many of these as there are slots, before yielding the item of the first, waits forever: keep fewer."""
     if _LENDER is not None and nbytes <= _LENDER.slot_bytes:
         return _LENDER.lend(nbytes)
     return np.empty(nbytes, dtype=np.uint8)

@@ -284,7 +284,10 @@ def _build(
 
         # a worker process (forked first: before any thread or HDF5 file) parses the metadata and reads the
         # images, ahead of this one, which writes the file
-        with WorkerStream(produce, enabled=parse_in_worker, slot_bytes=2 * PART_BYTES) as parsed:
+        slots = max(8, workers + 2)  # more than the parts the reader has in hand at once (`ahead`), or it waits forever
+        with WorkerStream(
+            produce, enabled=parse_in_worker, slots=slots, slot_bytes=max(16 << 20, 2 * PART_BYTES)
+        ) as parsed:
             with progress_bar(size, f"build-hdf5 {report.dataset}: scanning the metadata", unit="B") as bar:
                 total, widths = source.scan(bar.advance)  # the widest strings: stored fixed-width
             _write_groups(
