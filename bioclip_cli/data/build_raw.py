@@ -434,8 +434,7 @@ class Release5M:
         """What makes the metadata's :class:`ParsedBlock` s for `groups` (group -> source splits): block by
         block, independently (what a worker process runs, see :meth:`batches`)."""
         table = self.table()
-        selected = np.zeros(len(SPLITS_5M) + 1, dtype=bool)
-        selected[[_SPLIT_CODES[s] for sources in groups.values() for s in sources]] = True
+        selected = np.logical_or.reduce([*_split_members(groups).values(), np.zeros(len(SPLITS_5M) + 1, bool)])
         parse = Parse5M(table.spec(_COLUMNS_5M), str(self.images), tuple(selected.tolist()))
         return lambda: map(parse, table.raw_blocks())
 
@@ -451,9 +450,7 @@ class Release5M:
         not selected.
         """
         unknown_code = len(SPLITS_5M)
-        members = {g: np.zeros(unknown_code + 1, dtype=bool) for g in groups}
-        for g, sources in groups.items():
-            members[g][[_SPLIT_CODES[s] for s in sources]] = True
+        members = _split_members(groups)
         seen: set[bytes] = set()
         before = 0  # rows before this block
         for block in parsed:
@@ -469,6 +466,14 @@ class Release5M:
             batch.groups = {g: np.flatnonzero(member[code]) for g, member in members.items()}
             yield batch
             before += block.rows
+
+
+def _split_members(groups: dict[str, tuple[str, ...]]) -> dict[str, np.ndarray]:
+    """Per group, which split codes (:data:`SPLITS_5M`, then the unknown split) it takes rows of."""
+    members = {g: np.zeros(len(SPLITS_5M) + 1, dtype=bool) for g in groups}
+    for g, sources in groups.items():
+        members[g][[_SPLIT_CODES[s] for s in sources]] = True
+    return members
 
 
 class Release1M:

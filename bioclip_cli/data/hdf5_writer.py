@@ -85,7 +85,8 @@ class GroupWriter:
             raise ValueError(f"group {self.group.name}: every append must give the same columns")
         columns = self._columns(strings, tokens)  # (checked before anything is written)
         if images is not None:
-            self.append_images(*image_arrays(images))
+            ends = np.cumsum(np.fromiter(map(len, images), dtype=np.int64, count=n))
+            self.append_images(np.frombuffer(b"".join(images), dtype=np.uint8), ends - np.diff(ends, prepend=0), ends)
         self._write_columns(columns, n)
 
     def append_rows(
@@ -266,12 +267,6 @@ class GroupWriter:
             raise ValueError(
                 f"group {self.group.name}: {self._image_rows} image rows but {self._rows} rows of the other columns"
             )
-
-
-def image_arrays(images: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(data, starts, ends)`` of a list of images, for :meth:`GroupWriter.append_images`."""
-    ends = np.cumsum(np.fromiter(map(len, images), dtype=np.int64, count=len(images)))
-    return np.frombuffer(b"".join(images), dtype=np.uint8), ends - np.diff(ends, prepend=0), ends
 
 
 class _DatasetMaker:
