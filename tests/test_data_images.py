@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from bioclip_cli.data.images import (
     decode_image,
     flip_rotate_matrix,
     jpeg_size,
+    make_generator,
     opencv_affine,
     pixels_to_float,
     resized_size,
@@ -301,6 +303,54 @@ def test_opencv_affine_reads_the_pixels_pillow_reads(angle, hflip, vflip):
     # the same source pixel everywhere but where a coordinate falls within OpenCV's 1/1024 fixed point of a
     # pixel edge
     assert (got == ref).all(axis=-1).mean() > 0.995
+
+
+@pytest.mark.parametrize(("angle", "hflip", "vflip"), [(3.7, False, False), (-44.9, True, False), (30.0, True, True)])
+def test_rotation_as_one_float32_channel_is_the_rgb_warp_bit_for_bit(angle, hflip, vflip):
+    import cv2
+
+    from bioclip_cli.data.images import _rotate_nearest
+
+    # every byte value in every channel, blue included at 128..255: the RGBX words that read as float32 NaNs
+    # (quiet and signalling) and infinities must travel through the warp unchanged
+    values = np.arange(256 * 256 * 3, dtype=np.int64)
+    a = np.stack([values % 256, (values // 7) % 256, (values // 3) % 256], axis=-1).astype(np.uint8)[: 224 * 224 * 3]
+    a = a.reshape(-1, 3)[: 224 * 224].reshape(224, 224, 3)
+    assert set(np.unique(a[..., 2])) == set(range(256))
+    matrix = opencv_affine(flip_rotate_matrix(224, angle, hflip, vflip))
+    expected = cv2.warpAffine(
+        a, matrix, (224, 224), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=(0, 0, 0)
+    )
+    out = np.full_like(a, 7)
+    _rotate_nearest(a, matrix, out)
+    assert np.array_equal(out, expected)
+    assert (out == 0).all(axis=-1).mean() > 0.01  # the black corners are there (not just a copy)
+
+
+def test_grey_and_cmyk_jpegs_decode_as_pillow_does():
+    rgb = np.random.default_rng(6).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    for img in (Image.fromarray(rgb[..., 1]), Image.fromarray(rgb).convert("CMYK")):
+        data = encode(img, "JPEG", quality=90)
+        got = decode_array(data)
+        assert got.shape == (40, 56, 3) and got.dtype == np.uint8, img.mode
+        ref = np.asarray(decode_image(data))
+        assert np.abs(got.astype(int) - ref).max() <= 1, img.mode  # libjpeg-turbo's grey->RGB; CMYK via Pillow
+
+
+def test_train_augmentation_is_the_same_from_a_seed_a_generator_and_any_thread(photos):
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = photos["small"][0].read_bytes()
+    tt = TrainTransform(ImageDataConfig(resize=72, crop=64))
+    expected = [tt.augment(data, make_generator(seed)) for seed in range(12)]
+    assert all(np.array_equal(tt.augment(data, seed), e) for seed, e in enumerate(expected))
+    assert not np.array_equal(expected[0], expected[1])
+    with ThreadPoolExecutor(4) as pool:  # each thread reseeds its own generator
+        got = list(pool.map(lambda seed: tt.augment(data, seed), list(range(12)) * 4))
+    assert all(np.array_equal(g, expected[i % 12]) for i, g in enumerate(got))
+    assert np.array_equal(tt.augment(data, np.int64(3)), expected[3])  # numpy seeds too
+    clone = pickle.loads(pickle.dumps(tt))  # spawned DataLoader workers get a pickled copy
+    assert np.array_equal(clone.augment(data, 5), expected[5])
 
 
 def test_train_pixels_are_written_into_the_given_slot(photos):
