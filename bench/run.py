@@ -185,6 +185,8 @@ def rows_data(r: dict) -> list[dict]:
         else:
             ok, shown = d["value"] >= target, f">= {target:,}"
         means = "value / baseline" + (" (median of back-to-back pairs)" if "paired ratio" in d else "")
+        if "paired range" in d:  # timed in several processes: the median over them, and their spread
+            means = f"value / baseline (median over processes of back-to-back pairs; {d['paired range']})"
         rows.append(_row("data", measure, d["value"], d["baseline"], d["baseline is"], ratio, means, shown, ok))
     return rows
 

@@ -41,6 +41,9 @@ def test_figures_carry_baseline_and_ratio():
                   "target": 0.7}}  # fmt: skip
     (row,) = run.figures("data", data)
     assert (row["value"], row["baseline"], row["ratio"], row["ok"]) == (800.0, 1000.0, 0.75, "yes")
+    data["m"].update({"paired ratio": 0.65, "paired range": "0.55-0.8 (5 processes)"})
+    (row,) = run.figures("data", data)
+    assert (row["ratio"], row["ok"]) == (0.65, "NO") and "0.55-0.8 (5 processes)" in row["ratio means"]
     models = {"batch": 8, "bf16": False, "threads": 1,
               "image": {"ours_items_s": 9.0, "bare_items_s": 10.0, "speed_ratio": 0.9, "ours_peak_mib": 110.0,
                         "bare_peak_mib": 100.0, "memory_ratio": 1.1}}  # fmt: skip
