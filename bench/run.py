@@ -6,7 +6,8 @@ script turns into rows of one table: the figure, the baseline measured in the sa
 bench's target. Benches:
 
     data       bench_data.py       dataset items/s vs Pillow decode; DNA tokenizer; build-hdf5 vs file reads
-    models     bench_models.py     each full-size encoder's forward vs the bare transformers model
+    models     bench_models.py     each full-size encoder's embedding forward (LoRA merged, as `bioclip embed`
+                                   runs it) vs the bare transformers model
     retrieval  bench_retrieval.py  faiss exact search at the 5M scale vs torch matmul + top-k; metrics cost
     train      bench_train.py      the training loop vs a bare step on a pre-made batch
     demo       (here)              `bioclip demo` end to end vs its 3-minute budget; the gain over the
@@ -37,7 +38,8 @@ REPO = HERE.parent
 # area -> (module file, quick arguments, full arguments): a list for main(argv), a dict for main(**kwargs)
 BENCHES: dict[str, tuple[str | None, object, object]] = {
     "data": ("bench_data.py", ["--build-rows", "400", "--repeats", "2"], []),
-    "models": ("bench_models.py", {"batch": 2, "iters": 1, "rounds": 2}, {}),
+    # LoRA folded into the weights, as every embedding path runs it (`eval.merge_lora`, default true)
+    "models": ("bench_models.py", {"batch": 2, "iters": 1, "rounds": 2, "merged": True}, {"merged": True}),
     "retrieval": ("bench_retrieval.py", {"scale": 0.02}, {}),
     "train": ("bench_train.py", ["--only", "tiny", "--steps", "6"], []),
     "demo": (None, {"epochs": 1, "step_rounds": 2}, {}),
@@ -192,7 +194,8 @@ def rows_data(r: dict) -> list[dict]:
 
 
 def rows_models(r: dict) -> list[dict]:
-    setting = f"batch {r.get('batch')}, {'bf16' if r.get('bf16') else 'fp32'}, {r.get('threads')} thread(s)"
+    lora = "LoRA merged" if r.get("merged_lora") else "LoRA unmerged"
+    setting = f"batch {r.get('batch')}, {'bf16' if r.get('bf16') else 'fp32'}, {lora}, {r.get('threads')} thread(s)"
     rows = []
     for name in ("image", "dna", "text"):
         if name not in r:

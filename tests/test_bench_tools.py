@@ -49,6 +49,7 @@ def test_figures_carry_baseline_and_ratio():
                         "bare_peak_mib": 100.0, "memory_ratio": 1.1}}  # fmt: skip
     speed, memory = run.figures("models", models)
     assert speed["ratio"] == 0.9 and speed["ok"] == "NO" and memory["ratio"] == 1.1
+    assert "LoRA unmerged" in speed["measure"]
     retrieval = {"queries": 10, "keys": 100, "width": 8, "search_s": 2.0, "torch_matmul_topk_s": 4.0,
                  "search_vs_torch": 0.5, "metrics_s": 0.1, "metrics_share_of_search": 0.05,
                  "same_neighbour_lists": 1.0}  # fmt: skip
