@@ -136,10 +136,11 @@ _NEAREST_INVERSE = cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP
 _SHRINK_AREA = 1.5  # a crop box this many times larger than the output is shrunk with area averaging
 
 
-def make_generator(seed: int | torch.Generator | None) -> torch.Generator | None:
+def make_generator(seed: int | torch.Generator | None, into: torch.Generator | None = None) -> torch.Generator | None:
+    """A generator seeded with the integer `seed` (`into`, reseeded, when given); a generator or None as is."""
     if seed is None or isinstance(seed, torch.Generator):
         return seed
-    return torch.Generator().manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
+    return (into if into is not None else torch.Generator()).manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
@@ -167,11 +168,11 @@ def decode_array(data: bytes, min_side: int | None = None) -> np.ndarray:
     1/2, 1/4 or 1/8 scale, its shorter side staying >= `min_side` (as :func:`decode_image`'s draft). EXIF
     orientation is ignored, as Pillow does. What simplejpeg does not decode (other formats, damaged files)
     goes to OpenCV, then Pillow (:func:`decode_image`), which raises on unreadable bytes."""
-    size = jpeg_size(data)
-    factor = _reduction(size, min_side) if size else 1
+    size, factor = jpeg_size(data), 1
     if size:
+        factor = _reduction(size, min_side)
+        width, height = size
         try:
-            width, height = size
             return simplejpeg.decode_jpeg(data, min_height=-(-height // factor), min_width=-(-width // factor))
         except ValueError:  # not decodable to RGB, or a recoverable error: the fallbacks decide
             pass
@@ -255,11 +256,10 @@ class TrainTransform:
     def _uniforms(self, generator: torch.Generator | int | None) -> list[float]:
         """The item's uniforms: the first draws of `generator`, or of a generator seeded with the int `generator`
         (the same numbers as ``make_generator(seed)``)."""
-        if generator is not None and not isinstance(generator, torch.Generator):
-            local = self._local.__dict__
-            reused = local.get("generator") or local.setdefault("generator", torch.Generator())
-            generator = reused.manual_seed(int(generator) & 0x7FFF_FFFF_FFFF_FFFF)
-        return torch.rand(_N_DRAWS, generator=generator, dtype=torch.float64).tolist()
+        local = self._local
+        if not hasattr(local, "generator"):
+            local.generator = torch.Generator()
+        return torch.rand(_N_DRAWS, generator=make_generator(generator, local.generator), dtype=torch.float64).tolist()
 
     def __getstate__(self) -> dict:  # pickles (spawned DataLoader workers) without the per-thread generators
         return {k: v for k, v in self.__dict__.items() if k != "_local"}
