@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
 
 import h5py
@@ -212,3 +213,83 @@ def test_fork_reopens_the_file(small_h5):
     assert proc.exitcode == 0
     assert got[:2] == parent and got[2] != parent_pid
     assert g.image_bytes(2) == parent[0] and g.h5._pid == parent_pid  # the parent's handle still works
+
+
+def _image_file(path, layout: dict, rows: int = 37, width: int = 300, userblock: int = 0):
+    """A group ``g`` whose ``image`` dataset is stored as `layout` (h5py create_dataset keywords) holding rows of
+    random lengths (some empty, one full width); returns the rows' bytes."""
+    rng = np.random.default_rng(rows + width)
+    lengths = rng.integers(0, width + 1, rows)
+    lengths[[1, -1]] = [width, 0]
+    padded = np.zeros((rows, width), dtype=np.uint8)
+    images = []
+    for i, n in enumerate(lengths):
+        padded[i, :n] = rng.integers(0, 256, n, dtype=np.uint8)
+        images.append(padded[i, :n].tobytes())
+    with h5py.File(path, "w", userblock_size=userblock) if userblock else h5py.File(path, "w") as f:
+        g = f.create_group("g")
+        g.create_dataset("image", data=padded, **layout)
+        g["image_mask"] = lengths.astype(np.int32)
+    return images
+
+
+@pytest.mark.parametrize(
+    "layout, userblock, raw",
+    [
+        ({}, 0, True),  # contiguous, as the published files
+        ({}, 512, True),
+        ({"chunks": (8, 300)}, 0, True),  # ours: 8 rows a chunk
+        ({"chunks": (3, 64)}, 0, True),  # a row spans five chunk columns; partial edge chunks
+        ({"chunks": (5, 128)}, 1024, True),
+        ({"chunks": (8, 300), "compression": "gzip"}, 0, False),  # filtered: HDF5 reads it
+        ({"chunks": (8, 300), "shuffle": True}, 0, False),
+    ],
+)
+def test_raw_row_reads_equal_hdf5(tmp_path, layout, userblock, raw):
+    """Rows read straight from the file (os.pread) are HDF5's bytes, for every layout it takes on."""
+    path = tmp_path / "layout.hdf5"
+    images = _image_file(path, layout, userblock=userblock)
+    g = BioscanH5(path).group("g")
+    reader = g._raw_images()
+    assert (reader is not None) is raw
+    lookups = []
+    if raw and reader.base is None:  # count the chunk-index lookups
+        lookup = reader._lookup
+        reader._lookup = lambda coord: lookups.append(coord) or lookup(coord)
+    assert [g.image_bytes(i) for i in range(len(images))] == images
+    assert [g.image_bytes(i) for i in (5, 2, 36, 0, 5)] == [images[i] for i in (5, 2, 36, 0, 5)]  # any order
+    if raw:  # HDF5's own reader was not needed; each chunk's offset was looked up once
+        assert "image" not in g._row_readers
+        assert len(lookups) == len(set(lookups))
+        assert reader.base is not None or (reader._offsets != -1).all()
+        assert (reader.base is not None) is ("chunks" not in layout)
+
+
+def test_raw_reads_leave_unwritten_chunks_and_mismatches_to_hdf5(tmp_path):
+    path = tmp_path / "partial.hdf5"
+    with h5py.File(path, "w") as f:
+        g = f.create_group("g")
+        ds = g.create_dataset("image", shape=(24, 100), maxshape=(None, 100), chunks=(8, 100), dtype=np.uint8)
+        ds[:8] = 7  # the chunks of rows 8-23 are never written: HDF5 reads them as the fill value
+        g["image_mask"] = np.full(24, 60, dtype=np.int32)
+    g = BioscanH5(path).group("g")
+    assert g.image_bytes(3) == b"\x07" * 60
+    assert g.image_bytes(17) == b"\x00" * 60
+    reader = g._raw_images()
+    assert reader.read(3, 60) == b"\x07" * 60 and reader.read(17, 60) is None
+    assert reader.read(3, 101) is None  # longer than the row
+    # a contiguous offset that does not point at the rows is found out when the reader is made
+    bad = hdf5_module._RawRows(g.h5.raw_fd(), (24, 100), base=0)
+    assert not bad._agrees_with(g.dataset("image"))
+
+
+def test_close_then_read_reopens(small_h5):
+    h5 = BioscanH5(small_h5)
+    g = h5.group("val_seen")
+    first = [g.image_bytes(i) for i in range(7)], g.string("species", 3)
+    fd = h5.raw_fd()
+    h5.close()
+    assert h5._file is None and h5._fd is None
+    with pytest.raises(OSError):
+        os.fstat(fd)  # the plain descriptor was closed with the file
+    assert ([g.image_bytes(i) for i in range(7)], g.string("species", 3)) == first

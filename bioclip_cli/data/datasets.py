@@ -134,7 +134,13 @@ class _GroupDataset(torch.utils.data.Dataset):
         items: list[dict] = [{"index": i} for i in rows]
         if "image" in self.modalities:
             size = self.cfg.data.image.crop
-            if self.train:  # uint8, channels last: the item is a [3, H, W] view of its [H, W, 3] slot
+            if self.train and len(rows) == 1 and torch.utils.data.get_worker_info() is None:
+                # one item (``ds[i]``) outside a worker: numpy memory, the cheapest tensor to make (a batch
+                # tensor and its per-item views cost some 40 us more per item than the whole of this)
+                slot = np.empty((size, size, 3), dtype=np.uint8)
+                self._image_into(slot, rows[0])
+                items[0]["image"] = torch.from_numpy(slot).permute(2, 0, 1)
+            elif self.train:  # uint8, channels last: the item is a [3, H, W] view of its [H, W, 3] slot
                 batch = new_batch((len(rows), size, size, 3), torch.uint8)
                 for row, slot in zip(rows, batch.numpy()):
                     self._image_into(slot, row)

@@ -13,6 +13,8 @@ variable-length string datasets are both accepted.
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +39,8 @@ TOKEN_KEYS: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
 TOKEN_PREFIX = "language_tokens_"
 _LENGTH_SOURCES = ("image_mask", "barcode", "species", "image_file", "processid", "sampleid")
 _BLOCK = 65536  # rows read at once by the column readers: bounds memory on multi-million-row groups
+_OPENINGS = itertools.count(1)  # numbers each opening of a file: readers made for one are not used with another
+_MAX_CHUNK_TABLE = 1 << 22  # chunks whose file offsets a raw reader may remember (8 bytes each)
 
 
 class BioscanH5:
@@ -56,6 +60,8 @@ class BioscanH5:
         self._file = None
         self._pid: int | None = None
         self._datasets: dict[tuple[str, str], object] = {}
+        self._fd: int | None = None
+        self.opening = 0  # which opening of the file this process reads (0: none yet)
 
     def __getstate__(self) -> dict:  # nothing h5py crosses a pickle (DataLoader workers, spawn)
         return {"path": self.path}
@@ -76,11 +82,23 @@ class BioscanH5:
             except OSError as exc:
                 raise DataError(self.path, f"{self.path} is not a readable HDF5 file ({exc})") from exc
             self._pid = os.getpid()
+            self._fd = None
+            self.opening = next(_OPENINGS)
         return self._file
 
+    def raw_fd(self) -> int:
+        """A plain read-only descriptor of the file for this opening (``os.pread`` of raw-stored rows)."""
+        self.file  # noqa: B018 -- opens, or reopens after a fork, first
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        return self._fd
+
     def close(self) -> None:
-        if self._file is not None and self._pid == os.getpid():
-            self._file.close()
+        if self._pid == os.getpid():
+            if self._file is not None:
+                self._file.close()
+            if self._fd is not None:
+                os.close(self._fd)
         self._reset()
 
     def __enter__(self) -> BioscanH5:
@@ -135,7 +153,8 @@ class GroupReader:
         self.name = name
         self._len: int | None = None
         self._image_lengths: np.ndarray | None = None
-        self._row_readers: dict[str, _RowReader] = {}
+        self._row_readers: dict[str, _RowReader | _RawRows | None] = {}
+        self._opening = 0  # the file opening the readers were made for
         self._names: list[str] | None = None
 
     def __getstate__(self) -> dict:
@@ -144,14 +163,28 @@ class GroupReader:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._row_readers = {}
+        self._row_readers, self._opening = {}, 0
+
+    def _readers(self) -> dict:
+        """The per-row readers made for the file's current opening (HDF5 ids survive neither a fork, after which
+        each process opens the file again, nor a ``close()``)."""
+        self.h5.file  # noqa: B018 -- opens, or reopens after a fork
+        if self._opening != self.h5.opening:
+            self._row_readers, self._opening = {}, self.h5.opening
+        return self._row_readers
 
     def _rows_of(self, name: str) -> _RowReader:
-        reader = self._row_readers.get(name)
-        if reader is None or reader.pid != os.getpid():
-            reader = _RowReader(self.dataset(name))
-            self._row_readers[name] = reader
+        readers = self._readers()
+        reader = readers.get(name)
+        if reader is None:
+            reader = readers[name] = _RowReader(self.dataset(name))
         return reader
+
+    def _raw_images(self) -> _RawRows | None:
+        readers = self._readers()
+        if "image:raw" not in readers:
+            readers["image:raw"] = _RawRows.open(self.dataset("image"), self.h5.raw_fd())
+        return readers["image:raw"]
 
     # ----------------------------------------------------------------------------------- structure
     def names(self) -> list[str]:
@@ -193,12 +226,15 @@ class GroupReader:
         return int(self.dataset("image").shape[1])
 
     def image_bytes(self, i: int) -> bytes:
-        """Row `i`'s JPEG file bytes (the padded row cut at ``image_mask``)."""
+        """Row `i`'s JPEG file bytes (the padded row cut at ``image_mask``): read straight from the file where
+        HDF5 stores the rows raw (:class:`_RawRows`), through HDF5 otherwise."""
         i = self._check_row(i)
         n = int(self.image_lengths()[i])
         if n <= 0:
             return b""
-        return self._rows_of("image").read(i, n).tobytes()
+        raw = self._raw_images()
+        data = raw.read(i, n) if raw is not None else None
+        return data if data is not None else self._rows_of("image").read(i, n).tobytes()
 
     # ------------------------------------------------------------------------------------ strings
     def string(self, name: str, i: int) -> str:
@@ -281,13 +317,13 @@ class GroupReader:
 class _RowReader:
     """Reads one row of a dataset through h5py's low-level API (no selection objects rebuilt per call).
 
-    Several times faster than ``ds[i]`` for per-item access; made per process (spaces are not fork-safe).
+    Several times faster than ``ds[i]`` for per-item access; made per opening of the file (HDF5 ids and
+    spaces are not fork-safe).
     """
 
     def __init__(self, ds):
         from h5py import h5s, h5t
 
-        self.pid = os.getpid()
         self.id = ds.id
         self.shape = ds.shape
         self.fspace = ds.id.get_space()
@@ -309,6 +345,82 @@ class _RowReader:
         self.fspace.select_hyperslab((i, 0), count)
         self.id.read(self._h5s.create_simple(count), self.fspace, out, self.mtype)
         return out[0]
+
+
+class _RawRows:
+    """The leading bytes of rows of a uint8 [N, L] dataset, read straight from the file with ``os.pread`` where
+    HDF5 stores them as they are: contiguously (the published files), or in chunks without filters (ours).
+
+    HDF5's own read of one row costs some 25-70 us in a training loop (the selection, the chunk lookup and
+    cache, the type path, all with cold CPU caches after a decode); this costs a few. A chunk's file offset is
+    looked up once (HDF5's chunk index) and remembered. :meth:`open` returns None for what it does not read
+    (compression or other filters, compact or external storage, another file driver, a table of chunk
+    offsets that would be too large), and :meth:`read` None for a row in a chunk never written or past the
+    end of the file: HDF5 reads those.
+    """
+
+    def __init__(self, fd: int, shape: tuple[int, int], base: int | None = None, chunks=None, lookup=None):
+        self.fd, self.width, self.base = fd, shape[1], base
+        if base is None:
+            self.rows_per_chunk, self.chunk_width = chunks
+            self._lookup = lookup
+            grid = (-(-shape[0] // chunks[0]), -(-shape[1] // chunks[1]))
+            self._offsets = np.full(grid, -2, dtype=np.int64)  # file offset of each chunk; -1 never written
+
+    @classmethod
+    def open(cls, ds, fd: int) -> _RawRows | None:
+        from h5py import h5d
+
+        if ds.ndim != 2 or ds.dtype != np.uint8 or ds.file.driver != "sec2":
+            return None
+        plist = ds.id.get_create_plist()
+        if plist.get_nfilters() or plist.get_external_count():
+            return None
+        layout = plist.get_layout()
+        if layout == h5d.CONTIGUOUS:
+            base = ds.id.get_offset()
+            reader = cls(fd, ds.shape, base=base) if base is not None else None
+        elif layout == h5d.CHUNKED and hasattr(ds.id, "get_chunk_info_by_coord"):
+            grid = math.prod(-(-n // c) for n, c in zip(ds.shape, ds.chunks))
+            reader = cls(fd, ds.shape, chunks=ds.chunks, lookup=ds.id.get_chunk_info_by_coord)
+            reader = reader if grid <= _MAX_CHUNK_TABLE else None
+        else:
+            reader = None
+        return reader if reader is not None and reader._agrees_with(ds) else None
+
+    def _agrees_with(self, ds) -> bool:
+        """The first and last rows read here equal HDF5's reading of them (the file offsets mean what we take)."""
+        for i in {0, ds.shape[0] - 1} if ds.shape[0] else ():
+            data = self.read(i, self.width)
+            if data is not None and data != ds[i].tobytes():
+                return False
+        return True
+
+    def _chunk_offset(self, chunk_row: int, chunk_col: int) -> int:
+        offset = int(self._offsets[chunk_row, chunk_col])
+        if offset == -2:
+            coord = (chunk_row * self.rows_per_chunk, chunk_col * self.chunk_width)
+            info = self._lookup(coord)
+            offset = -1 if info.byte_offset is None else int(info.byte_offset)
+            self._offsets[chunk_row, chunk_col] = offset
+        return offset
+
+    def read(self, i: int, n: int) -> bytes | None:
+        """The first `n` bytes of row `i` (0 <= i < N, 0 < n <= L), or None when HDF5 must read them."""
+        if n > self.width:
+            return None
+        if self.base is not None:
+            data = os.pread(self.fd, n, self.base + i * self.width)
+        else:
+            chunk_row, within = divmod(i, self.rows_per_chunk)
+            step, parts = self.chunk_width, []
+            for chunk_col, start in enumerate(range(0, n, step)):
+                offset = self._chunk_offset(chunk_row, chunk_col)
+                if offset < 0:
+                    return None
+                parts.append(os.pread(self.fd, min(step, n - start), offset + within * step))
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+        return data if len(data) == n else None
 
 
 def read_rows(ds, rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
