@@ -367,3 +367,23 @@ def test_train_pixels_are_written_into_the_given_slot(photos):
     assert floats.dtype == torch.float32 and floats.is_contiguous() and floats.shape == (3, 3, 64, 64)
     assert torch.equal(floats[1], tt(data, 1))
     assert pixels_to_float(floats, tt.cfg) is floats  # float input: unchanged
+
+
+def test_a_plan_made_before_the_decode_gives_the_same_pixels(photos):
+    """A batch makes its items' plans (draws + geometry from the JPEG header) before any decode: the same pixels
+    as augmenting each item alone, for a large JPEG decoded at a reduced scale, a small one and a PNG (whose
+    geometry is worked out after decoding); a plan whose size the decode does not match is redone."""
+    tt = TrainTransform(ImageDataConfig(resize=72, crop=64))
+    big, small = photos["full"][0].read_bytes(), photos["small"][0].read_bytes()
+    png = encode(Image.open(io.BytesIO(small)), "PNG")
+    for data in (big, small, png):
+        expected = [tt.augment(data, seed) for seed in range(5)]
+        plans = [tt.plan(data, seed) for seed in range(5)]  # all first, as a batch does
+        assert all(np.array_equal(tt.augment(data, 99, plan=p), e) for p, e in zip(plans, expected))
+        assert len({e.tobytes() for e in expected}) == 5
+    plan = tt.plan(big, 1)
+    assert (plan.size, plan.factor) == ((2880, 2160), 8)
+    assert plan.geometry[0] == decode_array(big, 72).shape[:2] == (270, 360)
+    assert tt.plan(png, 1).geometry is None and tt.plan(png, 1).u == plan.u
+    wrong = plan._replace(geometry=tt._geometry(100, 100, plan.u))
+    assert np.array_equal(tt.augment(big, plan=wrong), tt.augment(big, 1))

@@ -37,7 +37,7 @@ import torch
 from bioclip_cli.config.schema import MODALITIES, RunConfig
 from bioclip_cli.data.dna import kmer_tokenize
 from bioclip_cli.data.hdf5 import TOKEN_PREFIX, BioscanH5
-from bioclip_cli.data.images import EvalTransform, TrainTransform, pixels_to_float
+from bioclip_cli.data.images import AugmentPlan, EvalTransform, TrainTransform, pixels_to_float
 from bioclip_cli.data.taxonomy import LEVELS, load_text_tokenizer, taxonomy_strings, tokenize_taxonomy
 from bioclip_cli.errors import DataError
 
@@ -108,15 +108,19 @@ class _GroupDataset(torch.utils.data.Dataset):
         """The augmentation seed of row `index` (None: no random augmentation)."""
         return None
 
-    def _image_into(self, slot: np.ndarray | torch.Tensor, index: int) -> None:
-        """Decode and transform row `index`'s image into `slot` (train: uint8 array [crop, crop, 3]; eval:
+    def _image_into(
+        self, slot: np.ndarray | torch.Tensor, index: int, data: bytes | None = None, plan: AugmentPlan | None = None
+    ) -> None:
+        """Decode and transform row `index`'s image (its bytes `data`, read here when not given) into `slot`
+        (train: uint8 array [crop, crop, 3], with the item's augmentation `plan` when made beforehand; eval:
         float32 tensor [3, crop, crop])."""
-        data = self.reader.image_bytes(index)
+        if data is None:
+            data = self.reader.image_bytes(index)
         try:
             if not data:
                 raise ValueError("no image bytes")
             if self.train:
-                self.transform.augment(data, self._seed(index), out=slot)
+                self.transform.augment(data, self._seed(index), out=slot, plan=plan)
             else:
                 slot.copy_(self.transform(data))
         except (OSError, ValueError) as exc:  # PIL.UnidentifiedImageError is an OSError
@@ -142,8 +146,11 @@ class _GroupDataset(torch.utils.data.Dataset):
                 items[0]["image"] = torch.from_numpy(slot).permute(2, 0, 1)
             elif self.train:  # uint8, channels last: the item is a [3, H, W] view of its [H, W, 3] slot
                 batch = new_batch((len(rows), size, size, 3), torch.uint8)
-                for row, slot in zip(rows, batch.numpy()):
-                    self._image_into(slot, row)
+                data = [self.reader.image_bytes(row) for row in rows]
+                # every item's draws and geometry first, then the decodes (TrainTransform.plan says why)
+                plans = [self.transform.plan(b, self._seed(row)) if b else None for row, b in zip(rows, data)]
+                for row, slot, b, plan in zip(rows, batch.numpy(), data, plans):
+                    self._image_into(slot, row, b, plan)
                 for item, view in zip(items, batch.permute(0, 3, 1, 2).unbind(0)):
                     item["image"] = view
             else:
