@@ -183,7 +183,7 @@ class GroupReader:
     def _raw_images(self) -> _RawRows | None:
         readers = self._readers()
         if "image:raw" not in readers:
-            readers["image:raw"] = _RawRows.open(self.dataset("image"), self.h5.raw_fd())
+            readers["image:raw"] = _RawRows.open(self.dataset("image"), self.h5.raw_fd)
         return readers["image:raw"]
 
     # ----------------------------------------------------------------------------------- structure
@@ -368,25 +368,25 @@ class _RawRows:
             self._offsets = np.full(grid, -2, dtype=np.int64)  # file offset of each chunk; -1 never written
 
     @classmethod
-    def open(cls, ds, fd: int) -> _RawRows | None:
+    def open(cls, ds, opener) -> _RawRows | None:
+        """A reader for dataset `ds`, reading through the descriptor ``opener()`` gives, or None (class doc)."""
         from h5py import h5d
 
-        if ds.ndim != 2 or ds.dtype != np.uint8 or ds.file.driver != "sec2":
+        if ds.ndim != 2 or ds.dtype != np.uint8 or ds.file.driver != "sec2" or not hasattr(os, "pread"):
             return None
         plist = ds.id.get_create_plist()
         if plist.get_nfilters() or plist.get_external_count():
             return None
-        layout = plist.get_layout()
-        if layout == h5d.CONTIGUOUS:
-            base = ds.id.get_offset()
-            reader = cls(fd, ds.shape, base=base) if base is not None else None
-        elif layout == h5d.CHUNKED and hasattr(ds.id, "get_chunk_info_by_coord"):
-            grid = math.prod(-(-n // c) for n, c in zip(ds.shape, ds.chunks))
-            reader = cls(fd, ds.shape, chunks=ds.chunks, lookup=ds.id.get_chunk_info_by_coord)
-            reader = reader if grid <= _MAX_CHUNK_TABLE else None
+        layout, base = plist.get_layout(), ds.id.get_offset()
+        if layout == h5d.CONTIGUOUS and base is not None:
+            reader = cls(opener(), ds.shape, base=base)
+        elif (
+            layout == h5d.CHUNKED and hasattr(ds.id, "get_chunk_info_by_coord") and _chunk_grid(ds) <= _MAX_CHUNK_TABLE
+        ):
+            reader = cls(opener(), ds.shape, chunks=ds.chunks, lookup=ds.id.get_chunk_info_by_coord)
         else:
-            reader = None
-        return reader if reader is not None and reader._agrees_with(ds) else None
+            return None
+        return reader if reader._agrees_with(ds) else None
 
     def _agrees_with(self, ds) -> bool:
         """The first and last rows read here equal HDF5's reading of them (the file offsets mean what we take)."""
@@ -421,6 +421,11 @@ class _RawRows:
                 parts.append(os.pread(self.fd, min(step, n - start), offset + within * step))
             data = parts[0] if len(parts) == 1 else b"".join(parts)
         return data if len(data) == n else None
+
+
+def _chunk_grid(ds) -> int:
+    """How many chunks a chunked dataset's shape spans."""
+    return math.prod(-(-n // c) for n, c in zip(ds.shape, ds.chunks))
 
 
 def read_rows(ds, rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:

@@ -134,6 +134,7 @@ _N_DRAWS = 40 + 2 + 1 + 8
 _CV_RGB = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
 _CV_REDUCED = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
 _NEAREST_INVERSE = cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP
+_SHRINK_AREA = 1.5  # a crop box this many times larger than the output is shrunk with area averaging
 
 
 class AugmentPlan(NamedTuple):
@@ -144,7 +145,6 @@ class AugmentPlan(NamedTuple):
     size: tuple[int, int] | None
     factor: int
     geometry: tuple | None
-_SHRINK_AREA = 1.5  # a crop box this many times larger than the output is shrunk with area averaging
 
 
 def make_generator(seed: int | torch.Generator | None, into: torch.Generator | None = None) -> torch.Generator | None:
