@@ -168,38 +168,30 @@ def bench_dataset(h5: Path, repeats: int, processes: int = 5, batch_size: int = 
     for case, (_, modalities) in enumerate(DATASET_CASES):
         per_process = [run[case] for run in runs]
         crop = per_process[0]["crop"]
-        base = max(max(p["bases"]) for p in per_process)
-        for key, what in (("items", "items/s"), ("batches", f"items/s in batches of {batch_size} + collate")):
+
+        def row(measure: str, key: str, base_key: str, baseline_is: str, target: float | None) -> dict:
+            """Best `key` rate over the processes against the best `base_key` rate; paired ratios per process."""
             value = max(max(p[key]) for p in per_process)
-            paired = [paired_ratio(p[key], p["bases"]) for p in per_process]
-            rows.append(
-                {
-                    "measure": f"train {what}, {crop}-px crops (uint8), {'+'.join(modalities)}",
-                    "value": round(value, 1),
-                    "baseline": round(base, 1),
-                    "baseline is": "Pillow decode of the same bytes",
-                    "ratio": round(value / base, 3),
-                    "paired ratio": round(float(np.median(paired)), 3),
-                    "paired range": f"{min(paired):.3f}-{max(paired):.3f} ({processes} processes)",
-                    "target": 0.7,
-                }
-            )
+            base = max(max(p[base_key]) for p in per_process)
+            paired = [paired_ratio(p[key], p[base_key]) for p in per_process]
+            return {
+                "measure": measure,
+                "value": round(value, 1),
+                "baseline": round(base, 1),
+                "baseline is": baseline_is,
+                "ratio": round(value / base, 3),
+                "paired ratio": round(float(np.median(paired)), 3),
+                "paired range": f"{min(paired):.3f}-{max(paired):.3f} ({processes} processes)",
+                "target": target,
+            }
+
+        for key, what in (("items", "items/s"), ("batches", f"items/s in batches of {batch_size} + collate")):
+            measure = f"train {what}, {crop}-px crops (uint8), {'+'.join(modalities)}"
+            rows.append(row(measure, key, "bases", "Pillow decode of the same bytes", 0.7))
         if per_process[0]["recipe"]:  # the same items against the upstream way of augmenting them
-            value = max(max(p["items"]) for p in per_process)
-            recipe = max(max(p["recipe"]) for p in per_process)
-            paired = [paired_ratio(p["items"], p["recipe"]) for p in per_process]
-            rows.append(
-                {
-                    "measure": f"train items/s, {crop}-px crops (uint8), image, vs the upstream recipe",
-                    "value": round(value, 1),
-                    "baseline": round(recipe, 1),
-                    "baseline is": "Pillow decode + the same augmentation on PIL images (torchvision's way)",
-                    "ratio": round(value / recipe, 3),
-                    "paired ratio": round(float(np.median(paired)), 3),
-                    "paired range": f"{min(paired):.3f}-{max(paired):.3f} ({processes} processes)",
-                    "target": None,
-                }
-            )
+            measure = f"train items/s, {crop}-px crops (uint8), image, vs the upstream recipe"
+            recipe = "Pillow decode + the same augmentation on PIL images (torchvision's way)"
+            rows.append(row(measure, "items", "recipe", recipe, None))
     return rows
 
 
