@@ -84,6 +84,11 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(to_float_array(img))
 
 
+def _draft_side(cfg: ImageDataConfig) -> int | None:
+    """The shorter side a reduced-scale (draft) decode must keep: the Resize size, or None with draft off."""
+    return cfg.resize if cfg.draft else None
+
+
 def resized_size(height: int, width: int, shorter: int) -> tuple[int, int]:
     """(H, W) after resizing the shorter side to `shorter` (torchvision's rule: the longer side is truncated)."""
     if height <= width:
@@ -113,7 +118,7 @@ class EvalTransform:
     def __call__(self, image: bytes | Image.Image) -> torch.Tensor:
         cfg = self.cfg
         if isinstance(image, (bytes, bytearray, memoryview)):
-            image = decode_image(bytes(image), min_side=cfg.resize if cfg.draft else None)
+            image = decode_image(bytes(image), min_side=_draft_side(cfg))
         elif image.mode != "RGB":
             image = to_rgb(image)
         x = to_float_array(image)
@@ -300,7 +305,7 @@ class TrainTransform:
         size = jpeg_size(image)
         if not size:
             return AugmentPlan(u, None, 1, None)
-        factor = _reduction(size, self.cfg.resize if self.cfg.draft else None)
+        factor = _reduction(size, _draft_side(self.cfg))
         width, height = -(-size[0] // factor), -(-size[1] // factor)
         return AugmentPlan(u, size, factor, self._geometry(height, width, u))
 
@@ -318,7 +323,7 @@ class TrainTransform:
         if isinstance(image, (bytes, bytearray, memoryview)):
             data = bytes(image)
             plan = plan or self.plan(data, generator)
-            src = _decode(data, plan.size, plan.factor, cfg.resize if cfg.draft else None)
+            src = _decode(data, plan.size, plan.factor, _draft_side(cfg))
         else:
             src = np.asarray(to_rgb(image) if image.mode != "RGB" else image)
             plan = plan or AugmentPlan(self._uniforms(generator), None, 1, None)
