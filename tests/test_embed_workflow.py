@@ -14,15 +14,10 @@ from conftest import run_cli
 from bioclip_cli.config import load_config, save_config
 from bioclip_cli.data.datasets import EvalDataset
 from bioclip_cli.errors import BioclipError, ConfigError, DataError
+from bioclip_cli.models.encode import build_embedding_model, encode_group
+from bioclip_cli.retrieval.evaluation import evaluate_arrays, evaluate_embeddings
 from bioclip_cli.workflows import embed as embed_module
-from bioclip_cli.workflows.embed import (
-    build_embedding_model,
-    embed,
-    embedding_fingerprint,
-    encode_group,
-    plan_embedding,
-)
-from bioclip_cli.workflows.evaluate import evaluate_arrays, evaluate_embeddings
+from bioclip_cli.workflows.embed import embed, embedding_fingerprint, plan_embedding
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 ROLES = {"seen": "val_seen", "unseen": "val_unseen", "key": "all_keys"}

@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli
 
 from bioclip_cli.data.embedding_file import write_embedding_file
-from bioclip_cli.workflows.evaluate import evaluate_embeddings
+from bioclip_cli.retrieval.evaluation import evaluate_embeddings
 
 LEVELS = ("order", "family", "genus", "species")
 

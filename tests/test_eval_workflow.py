@@ -10,14 +10,8 @@ import pytest
 
 from bioclip_cli.data.embedding_file import write_embedding_file
 from bioclip_cli.errors import BioclipError, DataError
-from bioclip_cli.workflows.evaluate import (
-    evaluate_arrays,
-    evaluate_embeddings,
-    evaluate_run,
-    mean_seen_unseen,
-    result_rows,
-    run_results_path,
-)
+from bioclip_cli.retrieval.evaluation import evaluate_arrays, evaluate_embeddings, mean_seen_unseen, result_rows
+from bioclip_cli.workflows.evaluate import evaluate_run, run_results_path
 
 LEVELS = ("order", "family", "genus", "species")
 PAPER_ORDER_IDT = [

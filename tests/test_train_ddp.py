@@ -102,11 +102,11 @@ def _worker(h5: str, report: str, embed_out: str) -> None:
 
     from bioclip_cli.config import load_config
     from bioclip_cli.data.datasets import TrainDataset, batch_to_device, collate
+    from bioclip_cli.data.sampler import EpochSampler
     from bioclip_cli.models.build import build_model
     from bioclip_cli.models.loss import ClipLoss
     from bioclip_cli.workflows.accelerator import make_accelerator
     from bioclip_cli.workflows.embed import embed, plan_embedding
-    from bioclip_cli.workflows.sampler import EpochSampler
 
     torch.set_num_threads(1)
     sets = [f"data.hdf5={h5}", "train.loss=gathered", "model.learn_logit_scale=true"]

@@ -11,10 +11,10 @@ import torch
 
 from bioclip_cli.config import load_config, save_config
 from bioclip_cli.config.schema import TrainConfig
+from bioclip_cli.data.sampler import EpochSampler, epoch_permutation, shard_rows
 from bioclip_cli.errors import ConfigError, DataError
 from bioclip_cli.workflows.optim import build_optimizer, build_scheduler, current_lr, effective_lr
 from bioclip_cli.workflows.run_dir import RunDir, list_runs, resolve_run, run_checkpoint
-from bioclip_cli.workflows.sampler import EpochSampler, epoch_permutation, shard_rows
 from bioclip_cli.workflows.train import changed_settings
 from bioclip_cli.workflows.train_state import weights_digest
 

@@ -99,8 +99,8 @@ def untrained_result(cfg):
 
     from bioclip_cli.data.datasets import EvalDataset
     from bioclip_cli.models.build import build_model
-    from bioclip_cli.workflows.embed import encode_group
-    from bioclip_cli.workflows.evaluate import evaluate_arrays
+    from bioclip_cli.models.encode import encode_group
+    from bioclip_cli.retrieval.evaluation import evaluate_arrays
 
     set_seed(cfg.train.seed)
     model = build_model(cfg.model)

@@ -69,7 +69,8 @@ def command(
 ) -> None:
     """Micro and macro top-k accuracy per level, seen and unseen, and their harmonic mean."""
     from bioclip_cli.cli import output
-    from bioclip_cli.workflows.evaluate import evaluate_run, result_rows, run_results_path
+    from bioclip_cli.retrieval.evaluation import result_rows
+    from bioclip_cli.workflows.evaluate import evaluate_run, run_results_path
 
     ks = _int_list(k, "--k")
     level_list = [part.strip() for part in levels.split(",") if part.strip()]

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from bioclip_cli.atomic_write import write_text
 
 console = Console()  # stdout: results
 err = Console(stderr=True)  # stderr: messages, warnings, hints, progress
@@ -50,18 +51,9 @@ def print_table(
     console.print(table)
 
 
-def _atomic_write(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
-
-
 def write_json(path: str | Path, obj: Any) -> Path:
     """Write `obj` as indented JSON (atomically)."""
-    return _atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def write_csv(path: str | Path, rows: Sequence[dict], columns: Sequence[str] | None = None) -> Path:
@@ -74,7 +66,7 @@ def write_csv(path: str | Path, rows: Sequence[dict], columns: Sequence[str] | N
     writer.writeheader()
     for row in rows:
         writer.writerow(row)
-    return _atomic_write(path, buf.getvalue())
+    return write_text(path, buf.getvalue())
 
 
 def info(message: str) -> None:

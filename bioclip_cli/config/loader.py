@@ -283,8 +283,6 @@ def load_run_config(path: str | Path) -> RunConfig:
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
     """Write the resolved configuration atomically (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(to_yaml(cfg))
-    tmp.replace(path)
+    from bioclip_cli.atomic_write import write_text
+
+    write_text(path, to_yaml(cfg))

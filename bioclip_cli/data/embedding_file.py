@@ -23,7 +23,6 @@ again (`EmbeddingFileWriter.completed_groups`).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from bioclip_cli.atomic_write import write_text
 from bioclip_cli.config.schema import LEVELS
 from bioclip_cli.errors import DataError
 
@@ -88,12 +88,6 @@ def all_key_features(image: np.ndarray, dna: np.ndarray, text: np.ndarray) -> np
 
 
 # ------------------------------------------------------------------------------------------------ write
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _canonical_features(features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -310,7 +304,7 @@ class EmbeddingFileWriter:
         levels = list(labels)
         columns = [labels[level] for level in levels]
         saved[label_key(group)] = [dict(zip(levels, row)) for row in zip(*columns)]
-        _atomic_write_text(self.partial_labels_path, json.dumps(saved))
+        write_text(self.partial_labels_path, json.dumps(saved))
 
     @property
     def completed_groups(self) -> set[str]:
@@ -362,7 +356,7 @@ class EmbeddingFileWriter:
             raise ValueError(f"cannot finalize {self.h5_path.name}: groups {sorted(missing)} are not written yet")
         self.close()
         labels = self._partial_labels()
-        _atomic_write_text(self.labels_path, json.dumps({label_key(g): labels[label_key(g)] for g in GROUPS}))
+        write_text(self.labels_path, json.dumps({label_key(g): labels[label_key(g)] for g in GROUPS}))
         self.partial_path.replace(self.h5_path)
         self.partial_labels_path.unlink(missing_ok=True)
         self.finished = True

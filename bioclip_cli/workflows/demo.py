@@ -21,7 +21,6 @@ marks the folder as the demo's own, which is what lets ``overwrite=True`` delete
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bioclip_cli.atomic_write import write_text
 from bioclip_cli.config import load_config
 from bioclip_cli.config.schema import RunConfig
 from bioclip_cli.errors import ConfigError
@@ -147,9 +147,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 def _write_summary(out: Path, summary: dict) -> None:
     path = out / SUMMARY_FILE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(path)
+    write_text(path, json.dumps(summary, indent=2) + "\n")
 
 
 def _files(out: Path, hdf5: Path) -> list[dict]:

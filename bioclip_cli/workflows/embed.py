@@ -9,40 +9,35 @@ Encoding runs under `torch.inference_mode` (optionally in bf16 autocast), batch 
 updates folded into the base weights (`eval.merge_lora`, on by default: faster, and equal to the unmerged
 model within float rounding; :meth:`~bioclip_cli.models.clip.BioClipModel.lora_merged`); with several
 processes (`accelerate launch`) every process encodes a shard of each group and the rows are gathered back
-in file order (:func:`bioclip_cli.workflows.sampler.shard_rows`). The main process streams them into
+in file order (:func:`bioclip_cli.data.sampler.shard_rows`). The main process streams them into
 `extracted_feature_from_{split}_split.hdf5` + `labels_{split}.json` under `OUT/embeddings/`.
 
 `OUT/embeddings/embed_{split}.json` records where the embeddings came from (a fingerprint of the weights,
 the configuration and the dtype). A rerun with the same fingerprint skips the groups that are already
 complete (all of them once the file is finished); a different source starts the file over.
 
-:func:`encode_group` is also what training uses for its per-epoch evaluation.
+The encoding engine lives in :mod:`bioclip_cli.models.encode` (shared with `predict` and training).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import os
 import time
-from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-
+from bioclip_cli.atomic_write import write_text
 from bioclip_cli.config import load_config, save_config, to_dict
 from bioclip_cli.config.schema import RunConfig
-from bioclip_cli.data.datasets import EvalDataset, collate
+from bioclip_cli.data.datasets import EvalDataset
 from bioclip_cli.data.embedding_file import EmbeddingFileWriter, embedding_file_paths
 from bioclip_cli.data.hdf5 import BioscanH5
 from bioclip_cli.errors import BioclipError, ConfigError, DataError
+from bioclip_cli.models.encode import build_embedding_model, encode_rows, lora_merged_if
 from bioclip_cli.progress import Bar, progress_bar
 from bioclip_cli.workflows.run_dir import RunDir, default_run_dir, resolve_run, run_checkpoint
-from bioclip_cli.workflows.sampler import shard_rows
 
 ROLES: tuple[str, ...] = ("seen", "unseen", "key")
 SPLITS = ("val", "test")
@@ -55,96 +50,6 @@ def split_groups(cfg: RunConfig, split: str) -> dict[str, str]:
         raise ConfigError("split", f"--split must be val or test, got {split!r}")
     seen, unseen = cfg.data.val_groups if split == "val" else cfg.data.test_groups
     return {"seen": seen, "unseen": unseen, "key": cfg.data.key_group}
-
-
-def ignore_sigint(_worker_id: int) -> None:
-    """DataLoader worker init: leave Ctrl-C to the main process, which stops cleanly and saves."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-# -------------------------------------------------------------------------------------------- encoding
-
-
-def _autocast(device: torch.device, autocast: str):
-    if autocast == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def lora_merged_if(model, merge: bool):
-    """`model.lora_merged()` when `merge` (see `eval.merge_lora`), else a context that changes nothing."""
-    return model.lora_merged() if merge else nullcontext()
-
-
-def encode_rows(
-    model: torch.nn.Module,
-    dataset: EvalDataset,
-    *,
-    device: torch.device,
-    batch_size: int,
-    num_workers: int = 0,
-    autocast: str = "none",
-    accelerator=None,
-    bar: Bar | None = None,
-) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """`(first_row, {modality: float32 [n, d]})` for consecutive blocks of the group's rows, in file order.
-
-    With an `accelerator` of several processes, every process must call this with the same dataset; each
-    encodes its shard and every process receives the gathered rows. The model is put in eval mode. It is
-    used as it is: callers merge LoRA around the whole loop (:func:`lora_merged_if`), as :func:`encode_group`
-    and :func:`embed` do.
-    """
-    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
-    n = len(dataset)
-    modalities = [m for m in model.modalities if m in dataset.modalities]
-    steps = list(shard_rows(n, batch_size, rank, world))
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=[rows for rows, _ in steps],
-        collate_fn=collate,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-        worker_init_fn=ignore_sigint if num_workers else None,
-        generator=torch.Generator().manual_seed(0),  # the global RNG stays untouched (exact resume)
-    )
-    model.eval()
-    start = 0
-    with torch.inference_mode(), _autocast(device, autocast):
-        for step, batch in enumerate(loader):
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            feats = model(batch)
-            width = len(steps[step][0])
-            out = {}
-            for m in modalities:
-                x = feats[m].float()
-                if world > 1:
-                    x = accelerator.gather(x.contiguous())
-                    valid = [min(batch_size, max(0, n - start - r * batch_size)) for r in range(world)]
-                    x = torch.cat([x[r * width : r * width + valid[r]] for r in range(world)])
-                out[m] = x.cpu().numpy()
-            rows = len(next(iter(out.values())))
-            yield start, out
-            start += rows
-            if bar is not None:
-                bar.advance(rows)
-    if start != n:  # pragma: no cover - a sharding bug would show here
-        raise RuntimeError(f"encoded {start} rows of {n} in group {dataset.group!r}")
-
-
-def encode_group(model, dataset: EvalDataset, *, merge_lora: bool = True, **kwargs) -> dict[str, np.ndarray]:
-    """All rows of a group, encoded: {modality: float32 [N, d]} (see :func:`encode_rows`).
-
-    `merge_lora` (the default of `eval.merge_lora`): with the LoRA updates folded into the base weights
-    meanwhile; the weights are restored bit for bit afterwards, so training's evaluation can use it.
-    """
-    parts: dict[str, list[np.ndarray]] = {}
-    with lora_merged_if(model, merge_lora):
-        for _, feats in encode_rows(model, dataset, **kwargs):
-            for m, x in feats.items():
-                parts.setdefault(m, []).append(x)
-    return {m: np.concatenate(xs) for m, xs in parts.items()}
 
 
 # -------------------------------------------------------------------------------------------- sources
@@ -271,21 +176,8 @@ def embedding_fingerprint(cfg: RunConfig, checkpoint: Path | None, split: str, d
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def build_embedding_model(cfg: RunConfig, checkpoint: Path | None):
-    """The model with `checkpoint` loaded (encoders it covers skip their pretrained download)."""
-    from accelerate.utils import set_seed
-
-    from bioclip_cli.models.build import build_model
-
-    model_cfg = dataclasses.replace(cfg.model, checkpoint=str(checkpoint) if checkpoint else cfg.model.checkpoint)
-    set_seed(cfg.train.seed)  # random (weights: null) backbones are reproducible too
-    return build_model(model_cfg)
-
-
 def _write_info(path: Path, info: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    tmp.replace(path)
+    write_text(path, json.dumps(info, indent=2) + "\n")
 
 
 def embed(

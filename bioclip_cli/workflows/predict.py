@@ -301,8 +301,8 @@ def _embed(cfg, checkpoint: Path, device: str | None, batch_size: int, pixels: d
     import torch
 
     from bioclip_cli.data.dna import kmer_tokenize
+    from bioclip_cli.models.encode import build_embedding_model, lora_merged_if
     from bioclip_cli.progress import progress_bar
-    from bioclip_cli.workflows.embed import build_embedding_model, lora_merged_if
 
     feats: dict[str, dict[int, np.ndarray]] = {"image": {}, "dna": {}}
     if not pixels and not barcodes:

@@ -8,8 +8,8 @@ epoch from the seed (:mod:`.sampler`); the recipe (v1 Adam + constant lr + local
 one-cycle + learned temperature + gathered loss + bf16) comes from the configuration (:mod:`.optim`).
 
 After every `eval_every` epochs and at the end, the model embeds `all_keys`, `val_seen` and `val_unseen`
-(:func:`bioclip_cli.workflows.embed.encode_group`) and the retrieval metrics are computed in memory
-(:func:`bioclip_cli.workflows.evaluate.evaluate_arrays`); `checkpoints/last` (and `checkpoints/best` when
+(:func:`bioclip_cli.models.encode.encode_group`) and the retrieval metrics are computed in memory
+(:func:`bioclip_cli.retrieval.evaluation.evaluate_arrays`); `checkpoints/last` (and `checkpoints/best` when
 `train.best` improved) are written atomically, and so is the full training state for `--resume`
 (`checkpoints/resume/`: model, optimizer, schedule, RNG states of every process, sampler position, step).
 A run of 2 epochs and a run of 1 epoch resumed for a second end with identical weights.
@@ -196,7 +196,7 @@ def _make_accelerator(cfg: RunConfig, run: RunDir):
 
 
 def _selection(cfg: RunConfig, result: dict) -> float:
-    from bioclip_cli.workflows.evaluate import mean_seen_unseen
+    from bioclip_cli.retrieval.evaluation import mean_seen_unseen
 
     b = cfg.train.best
     return mean_seen_unseen(result, b.query, b.key, b.average, b.k, b.level)
@@ -232,14 +232,14 @@ def train(
     from accelerate.utils import gather_object, set_seed
 
     from bioclip_cli.data.datasets import EvalDataset, TrainDataset, batch_to_device, collate
+    from bioclip_cli.data.sampler import EpochSampler
     from bioclip_cli.models.build import build_model
     from bioclip_cli.models.checkpoint import save_checkpoint
+    from bioclip_cli.models.encode import encode_group, ignore_sigint
     from bioclip_cli.models.loss import ClipLoss
     from bioclip_cli.progress import Bar, progress_bar
-    from bioclip_cli.workflows.embed import encode_group, ignore_sigint
-    from bioclip_cli.workflows.evaluate import evaluate_arrays
+    from bioclip_cli.retrieval.evaluation import evaluate_arrays
     from bioclip_cli.workflows.optim import build_optimizer, build_scheduler, current_lr, effective_lr
-    from bioclip_cli.workflows.sampler import EpochSampler
 
     tc = cfg.train
     accelerator = _make_accelerator(cfg, run)
