@@ -7,7 +7,7 @@ from pathlib import Path
 
 from conftest import REPO
 
-ORDER = ["base", "config", "data", "models", "retrieval", "workflows", "cli"]
+ORDER = ["base", "config", "data", "models", "retrieval", "figures", "workflows", "cli"]
 
 
 def _layer(module: str) -> str:

@@ -20,6 +20,7 @@ from bioclip_cli.cli import (
     embed,
     eval,
     inspect,
+    plot,
     predict,
     presets,
     train,
@@ -79,6 +80,7 @@ for module, name in [
     app.command(name=name, epilog=module.EXAMPLES, no_args_is_help=getattr(module, "NO_ARGS_IS_HELP", False))(
         module.command
     )
+app.add_typer(plot.app, name="plot")
 
 
 def main(argv: list[str] | None = None) -> None:
