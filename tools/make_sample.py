@@ -12,8 +12,8 @@ What it writes (the raw BIOSCAN-5M release layout, so `bioclip build-hdf5 5m` ru
 - README.md and LICENSE (data licence and attribution from realdata/PROVENANCE.md).
 
 Rows: whole genera, so that genus and species accuracy tell different stories, as in BIOSCAN-5M. The
-source holds every genus with exactly 10 records; `GENERA` of the genera with two or more species of at
-least 3 specimens are drawn (by a hash of the name). In each genus, the species with the most specimens is
+source holds 10 records of every genus; `GENERA` of the genera with two or more named species of at least
+3 specimens are drawn (by a hash of the name), with all their records of named species. In each genus, the species with the most specimens is
 *seen* (train/val/test), the next one with at least 3 specimens is *unseen* (key_unseen/val_unseen/
 test_unseen: a new species of a known genus), a third such species is seen again, and the species with 1-2
 specimens are seen with `train` rows only (like BIOSCAN-5M's many species without validation specimens).
@@ -52,7 +52,8 @@ COLUMNS = [
 ]  # fmt: skip
 GENERA = 36  # genera drawn; each has 10 records in the source
 MIN_QUERY_SPECIES = 3  # specimens a species needs to get val and test rows (seen) or to be unseen
-PRETRAIN_PER_FAMILY = 3
+PRETRAIN_PER_FAMILY = 3  # at most
+TRAINING_ROWS = 224  # train + pretrain: 14 batches of 16 (the demo), 28 of 8 (the tests)
 OTHER_HELDOUT_SPECIES = 10
 JPEG_QUALITY = 82
 HEIGHT = 256
@@ -111,11 +112,16 @@ def select_rows(realdata: Path) -> list[dict]:
     for r in src:
         if r["processid"] not in chosen and r["family"] in families and not placeholder.search(r["species"]):
             by_family[r["family"]].append(r)
+    # pretrain: the families' other records, taken family by family in turn until train + pretrain fill
+    # TRAINING_ROWS (full batches of the demo and the tests, none dropped)
+    queue = []
     for fam, rows in sorted(by_family.items()):
         rows.sort(key=lambda r: digest("pretrain", r["processid"]))
-        for r in rows[:PRETRAIN_PER_FAMILY]:
-            keep_genus = digest("genus", r["processid"])[0] % 2 == 0
-            out.append(dict(r, split="pretrain", species="", genus=r["genus"] if keep_genus else ""))
+        queue += [(rank, digest("family", fam), r) for rank, r in enumerate(rows[:PRETRAIN_PER_FAMILY])]
+    n_pretrain = TRAINING_ROWS - sum(r["split"] == "train" for r in out)
+    for _, _, r in sorted(queue, key=lambda t: t[:2])[:n_pretrain]:
+        keep_genus = digest("genus", r["processid"])[0] % 2 == 0
+        out.append(dict(r, split="pretrain", species="", genus=r["genus"] if keep_genus else ""))
     held = defaultdict(list)
     for r in src:
         if r["processid"] not in chosen and placeholder.search(r["species"]) and r["family"] not in families:
@@ -371,7 +377,7 @@ library as curated in BarcodeBERT (`data/unseen.tsv`), with their real processid
 |---|---|---|
 {split_table}
 
-- Whole genera ({n_genera}, each with all its 10 records of the source), so that a genus holds several
+- Whole genera ({n_genera}, each with all its records of named species in the source), so that a genus holds several
   species: in each, the species with the most specimens is seen ({n_val} seen species have `val` and `test`
   specimens, the rest of the {n_seen} seen species only `train` ones), and one species with at least 3
   specimens is unseen ({n_unseen} species: `key_unseen`, `val_unseen`, `test_unseen`) -- a new species of a
