@@ -65,6 +65,15 @@ def test_pca_projection_is_deterministic_and_centred():
     assert np.var(a, axis=0).sum() <= var and np.var(a[:, 0]) >= np.var(a[:, 1])
 
 
+def test_error_and_warning_text_keep_their_brackets(capsys):
+    from bioclip_cli.cli import output
+
+    output.error('--method umap needs umap', 'pip install "bioscan-clip[plots]"')
+    output.warning('no UMAP (pip install "bioscan-clip[plots]")')
+    err = capsys.readouterr().err
+    assert err.count('"bioscan-clip[plots]"') == 2
+
+
 # ------------------------------------------------------------------------------------------ on the demo run
 
 
