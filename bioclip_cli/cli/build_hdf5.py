@@ -1,4 +1,4 @@
-"""`bioclip build-hdf5`: the raw BIOSCAN-1M/5M releases -> the training HDF5 layout."""
+"""`bioclip build-hdf5`: the raw BIOSCAN-1M/5M releases, or the INSECT dataset -> the training HDF5 layout."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ EXAMPLES = examples(
     "bioclip build-hdf5 5m --root data/ --out eval_only.hdf5 --splits val,val_unseen,key_unseen,train",
     "bioclip build-hdf5 5m --root data/ --out data/BIOSCAN_5M/BIOSCAN_5M.hdf5 --text-tokenizer prajjwal1/bert-small",
     "bioclip build-hdf5 1m --root data/BIOSCAN_1M --out data/BIOSCAN_1M/split_data/BioScan_data_in_splits.hdf5",
+    "bioclip build-hdf5 insect --root data/ --out data/INSECT/INSECT.hdf5",
 )
 NO_ARGS_IS_HELP = True
 
 
 def command(
-    dataset: Annotated[str, typer.Argument(help="Which release: 5m or 1m.")],
+    dataset: Annotated[str, typer.Argument(help="Which release: 5m, 1m or insect (raw BZSL release or processed pair).")],
     root: Annotated[Path, typer.Option("--root", help="Folder holding the raw release (metadata + images).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The HDF5 file to write.")],
     splits: Annotated[
@@ -72,7 +73,8 @@ def command(
 ) -> None:
     """Build the training HDF5 (published group layout) from the raw release.
 
-    JPEG bytes are stored unchanged; bad rows are counted and listed in `<out>.report.json`.
+    JPEG bytes are stored unchanged; bad rows are counted and listed in `<out>.report.json`. For insect,
+    `<out>.metadata.csv` lists the rows stored (the INSECT_metadata.csv format, for BZSL).
     The file is written to `<out>.partial` and renamed when complete.
     """
     from bioclip_cli.cli import output
