@@ -86,6 +86,7 @@ def test_registry_matches_spec():
     assert hdf5 == {
         "bioscan5m-hdf5": ("data/BIOSCAN_5M/BIOSCAN_5M.hdf5", parse_size("190.4 GB")),
         "bioscan1m-hdf5": ("data/BIOSCAN_1M/split_data/BioScan_data_in_splits.hdf5", parse_size("79.7 GB")),
+        "insect-images-hdf5": ("data/INSECT/INSECT_images.hdf5", parse_size("2.73 GB")),
     }
 
 

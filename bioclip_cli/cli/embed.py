@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -13,6 +13,7 @@ EXAMPLES = examples(
     "bioclip embed --checkpoint ckpt/bioscan_clip/trained_with_bioscan_5m/image_dna_text.pth --preset idt-5m",
     "bioclip embed --preset none-5m --split test --out runs/none-5m",
     "accelerate launch --num_processes 4 -m bioclip_cli embed --run runs/idt-5m --dtype float64",
+    "bioclip embed --run runs/idt-insect --format bzsl-csv",
 )
 
 
@@ -33,6 +34,15 @@ def command(
             show_default=False,
         ),
     ] = None,
+    format_: Annotated[
+        Literal["published", "bzsl-csv"],
+        typer.Option(
+            "--format",
+            help="published: the query/key files; bzsl-csv (INSECT): every row's image embedding and each "
+            "species' mean DNA embedding (OUT/embeddings/insect_embeddings.hdf5) and the CSV files BZSL reads "
+            "(OUT/embeddings/bzsl/).",
+        ),
+    ] = "published",
 ) -> None:
     """Encode the query groups and all_keys with every modality of the model; write the published HDF5 + labels JSON.
 
@@ -40,11 +50,18 @@ def command(
     that `bioclip eval --run OUT` finds them. A rerun with the same weights skips the groups already written.
     """
     from bioclip_cli.cli import output
-    from bioclip_cli.workflows.embed import embed, plan_embedding
+    from bioclip_cli.workflows.embed import embed, embed_insect, plan_embedding
 
     plan = plan_embedding(
         run=run, checkpoint=checkpoint, preset=preset, files=config or [], sets=set_ or [], which=which, out=out
     )
+    if format_ == "bzsl-csv":
+        done = embed_insect(plan)
+        if done.is_main:
+            output.success(f"{done.rows} rows, {done.classes} classes of {plan.description}: "
+                           + ", ".join(str(f) for f in done.files))  # fmt: skip
+            output.hint(f"bioclip zsl --run {plan.out}")
+        return
     result = embed(plan, split=split, dtype=dtype)
     if not result.is_main:
         return

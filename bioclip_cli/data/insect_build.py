@@ -171,13 +171,16 @@ def group_masks(table: InsectTable) -> dict[str, np.ndarray]:
     return {g: np.logical_or.reduce([getattr(table, s) for s in splits]) for g, splits in GROUPS_INSECT.items()}
 
 
-def _log_row_issues(table: InsectTable, taxonomy: dict, known: np.ndarray, log: ProblemLog) -> dict[str, int]:
-    """Log unknown species and barcode issues (rows kept); the rows per rank stored as not_classified."""
-    for i in np.flatnonzero(~known).tolist():
+def _log_row_issues(
+    table: InsectTable, taxonomy: dict, known: np.ndarray, rows: np.ndarray, log: ProblemLog
+) -> dict[str, int]:
+    """Log the unknown species and barcode issues of the stored `rows`; the stored rows per rank that is
+    ``not_classified``."""
+    for i in rows[~known[rows]].tolist():
         log.add("unknown_species", table.ids[i], "kept, order/family/genus stored as not_classified", table.species[i])
-    for i, kind, detail in barcode_problems([s.encode("utf-8") for s in table.nucleotides]):
-        log.add(kind, table.ids[i], "kept", detail)
-    return {lv: int(n) for lv in LEVELS if (n := np.count_nonzero(taxonomy[lv] == NOT_CLASSIFIED))}
+    for k, kind, detail in barcode_problems([table.nucleotides[i].encode("utf-8") for i in rows.tolist()]):
+        log.add(kind, table.ids[rows[k]], "kept", detail)
+    return {lv: int(n) for lv in LEVELS if (n := np.count_nonzero(taxonomy[lv][rows] == NOT_CLASSIFIED))}
 
 
 def write_insect_groups(
@@ -256,7 +259,7 @@ def write_insect_groups(
         result.groups[group] = len(idx)
     writer.file.attrs[CLASSES_ATTR] = table.n_classes
     result.kept = np.concatenate(kept) if kept else np.empty(0, dtype=np.int64)
-    result.missing_ranks = _log_row_issues(table, taxonomy, known, log)
+    result.missing_ranks = _log_row_issues(table, taxonomy, known, result.kept, log)
     return result
 
 
