@@ -287,3 +287,20 @@ def test_train_names_the_missing_start_checkpoint_and_its_download(raw_build, tm
     missing = run_cli("train", "--preset", "idt-insect", "--init", "none", "--out", str(tmp_path / "r2"), cwd=tmp_path)
     assert "Error: dataset file data/INSECT/INSECT.hdf5 does not exist" in missing.stderr
     assert "Hint: bioclip download insect --root data/ && bioclip build-hdf5 insect" in missing.stderr
+
+
+def test_bzsl_export_refuses_a_file_that_is_not_an_insect_build(sample_h5):
+    from bioclip_cli.data.insect_embeddings import read_insect_group
+
+    with pytest.raises(DataError, match="is not an INSECT build: group 'all_keys' has no insect_label") as info:
+        read_insect_group(sample_h5, "all_keys")
+    assert "bioclip build-hdf5 insect" in info.value.hint
+
+
+def test_bzsl_export_names_a_class_left_without_rows(tmp_path):
+    from bioclip_cli.data.insect_embeddings import class_means
+
+    with pytest.raises(DataError, match=r"1 INSECT class\(es\) have no stored row \(e.g. class 1\)"):
+        class_means(np.ones((3, 2)), np.array([0, 2, 2]), 3, tmp_path)
+    np.testing.assert_array_equal(class_means(np.array([[1.0, 0], [3, 2], [5, 5]]), np.array([1, 1, 0]), 2, ""),
+                                  [[5, 5], [2, 1]])  # fmt: skip

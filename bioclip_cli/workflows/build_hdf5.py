@@ -12,6 +12,10 @@ rows go straight into zero-padded chunks; the other columns are buffered per gro
 resizable datasets. The original JPEG bytes are stored unchanged unless `reencode_quality` is given. Output
 goes to ``OUT.partial`` and is renamed to ``OUT`` only when complete; every bad input is counted and listed
 in ``OUT.report.json`` (nothing is dropped silently).
+
+The INSECT dataset (:func:`build_insect`) is small enough for one process: the engine in
+:mod:`bioclip_cli.data.insect_build` reads either of its releases and writes its groups through the same
+writer, with the same report, plus ``OUT.metadata.csv`` (the rows stored, for the BZSL export).
 """
 
 from __future__ import annotations
