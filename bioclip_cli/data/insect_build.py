@@ -78,10 +78,13 @@ class InsectSource:
         table = self.table
         if self.kind == "raw":
             images = self.folder / "images"
+            buffer: list[np.ndarray | None] = [None]  # reused from block to block (the writer copies the bytes)
 
             def read_raw(rows: np.ndarray):
                 paths = [str(raw_image_path(images, table.species[i], table.ids[i])) for i in rows.tolist()]
-                return read_images(paths, decode, None)
+                data, ends, problems = read_images(paths, decode, None, out=buffer[0])
+                buffer[0] = data.base if data.base is not None else data
+                return data, ends, problems
 
             return read_raw
         return _ProcessedImages(self.folder / PROCESSED_H5, table.ids, decode)
@@ -208,7 +211,7 @@ def write_insect_groups(
         "processid": np.asarray(table.ids, dtype=object),
         "bold_id": np.asarray(table.bold_ids, dtype=object),
     }
-    tokens = None
+    tokens, token_len = None, text_max_len if tokenizer is not None else None
     if tokenizer is not None:
         text = taxonomy_strings(*(taxonomy[lv] for lv in LEVELS))
         tokens = tokenize_taxonomy(tokenizer, text, text_max_len)
@@ -236,12 +239,14 @@ def write_insect_groups(
                     if not len(pick):
                         continue
                     idx = rows[pick]
-                    images = [data[starts[k] : ends[k]].tobytes() for k in pick.tolist()]
-                    writer.group(group).append(
-                        {name: col[idx] for name, col in columns.items()},
-                        images=images,
-                        tokens={key: v[idx] for key, v in tokens.items()} if tokens is not None else None,
-                    )
+                    out = writer.group(
+                        group
+                    )  # (created by the first block with rows: its longest image sets the chunk width)
+                    out.create(STRING_COLUMNS, image_width=int((ends - starts)[pick].max()), token_len=token_len,
+                               rows_hint=int(np.count_nonzero(mask)))  # fmt: skip
+                    out.append_images(data, starts[pick], ends[pick])
+                    out.append_rows({name: col[idx] for name, col in columns.items()},
+                                    {key: v[idx] for key, v in tokens.items()} if tokens is not None else None)  # fmt: skip
                     stored[group].append(idx)
             if progress is not None:
                 progress(min(BLOCK_ROWS, n - lo))
@@ -250,7 +255,7 @@ def write_insect_groups(
             read.close()
     for group in GROUPS_INSECT:
         out = writer.group(group)
-        out.create(STRING_COLUMNS, token_len=text_max_len if tokens is not None else None, rows_hint=0)
+        out.create(STRING_COLUMNS, token_len=token_len, rows_hint=0)
         idx = np.concatenate(stored[group]) if stored[group] else np.empty(0, dtype=np.int64)
         out.group.create_dataset(ROW_DATASET, data=idx.astype(np.int64))
         out.group.create_dataset(LABEL_DATASET, data=table.labels[idx])
