@@ -186,6 +186,17 @@ def _log_row_issues(
     return {lv: int(n) for lv in LEVELS if (n := np.count_nonzero(taxonomy[lv][rows] == NOT_CLASSIFIED))}
 
 
+def _good_rows(problems: list, n: int, ids: list[str], log: ProblemLog, on_bad_image: str) -> np.ndarray:
+    """Log a block's image problems (or fail at the first); the mask of its good rows."""
+    good = np.ones(n, dtype=bool)
+    for k, kind, detail in problems:
+        if on_bad_image == "fail":
+            raise DataError(detail.rsplit(": ", 1)[-1], f"bad input for {ids[k]}: {kind.replace('_', ' ')} ({detail})")
+        log.add(kind, ids[k], "skipped", detail)
+        good[k] = False
+    return good
+
+
 def write_insect_groups(
     source: InsectSource,
     writer: BioscanH5Writer,
@@ -203,7 +214,7 @@ def write_insect_groups(
     taxonomy, known = taxonomy_columns(table.species)
     result = InsectWriteResult()
     masks = group_masks(table)
-    selected = masks["all_keys"] | table.trainval  # (trainval = train + val in the release)
+    selected = np.logical_or.reduce(list(masks.values()))
     result.not_selected = int(n - np.count_nonzero(selected))
     columns = {
         "barcode": np.asarray(table.nucleotides, dtype=object),
@@ -224,30 +235,21 @@ def write_insect_groups(
             rows = lo + np.flatnonzero(selected[lo : lo + BLOCK_ROWS])
             if len(rows):
                 data, ends, problems = read(rows)
-                good = np.ones(len(rows), dtype=bool)
-                for k, kind, detail in problems:
-                    if on_bad_image == "fail":
-                        raise DataError(detail.rsplit(": ", 1)[-1], f"bad input for {table.ids[rows[k]]}: "
-                                        f"{kind.replace('_', ' ')} ({detail})")  # fmt: skip
-                    log.add(kind, table.ids[rows[k]], "skipped", detail)
-                    good[k] = False
+                good = _good_rows(problems, len(rows), [table.ids[i] for i in rows.tolist()], log, on_bad_image)
                 starts = np.concatenate([[0], ends[:-1]])
                 result.image_bytes += int((ends - starts)[good].sum())
                 kept.append(rows[good])
                 for group, mask in masks.items():
                     pick = np.flatnonzero(good & mask[rows])
-                    if not len(pick):
-                        continue
-                    idx = rows[pick]
-                    out = writer.group(
-                        group
-                    )  # (created by the first block with rows: its longest image sets the chunk width)
-                    out.create(STRING_COLUMNS, image_width=int((ends - starts)[pick].max()), token_len=token_len,
-                               rows_hint=int(np.count_nonzero(mask)))  # fmt: skip
-                    out.append_images(data, starts[pick], ends[pick])
-                    out.append_rows({name: col[idx] for name, col in columns.items()},
-                                    {key: v[idx] for key, v in tokens.items()} if tokens is not None else None)  # fmt: skip
-                    stored[group].append(idx)
+                    if len(pick):
+                        idx = rows[pick]
+                        out = writer.group(group)  # created by its first rows: their longest image sets the chunk width
+                        out.create(STRING_COLUMNS, image_width=int((ends - starts)[pick].max()), token_len=token_len,
+                                   rows_hint=int(np.count_nonzero(mask)))  # fmt: skip
+                        out.append_images(data, starts[pick], ends[pick])
+                        out.append_rows({name: col[idx] for name, col in columns.items()},
+                                        {k: v[idx] for k, v in tokens.items()} if tokens is not None else None)  # fmt: skip
+                        stored[group].append(idx)
             if progress is not None:
                 progress(min(BLOCK_ROWS, n - lo))
     finally:
