@@ -6,6 +6,8 @@ Checks the files the BZSL side reads: orientation ([d x N] images, [d x C] DNA c
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
 
 import h5py
@@ -21,8 +23,10 @@ INSECT_SETS = ["data.train_group=train", "data.key_group=all_keys", "data.val_gr
                "data.test_groups=[test_seen,test_unseen]"]  # fmt: skip
 
 
-@pytest.mark.slow
-def test_build_train_embed_bzsl_csv(tmp_path):
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """The synthetic raw release built, trained on (tiny, 3 steps) and exported with --format bzsl-csv."""
+    tmp_path = tmp_path_factory.mktemp("insect_pipeline")
     t = ir.write_raw(tmp_path / "release")
     h5 = tmp_path / "INSECT.hdf5"
     build_hdf5("insect", tmp_path / "release", h5, text_tokenizer="bioclip-sample")
@@ -33,7 +37,12 @@ def test_build_train_embed_bzsl_csv(tmp_path):
     embed = run_cli("embed", "--run", str(run), "--format", "bzsl-csv")
     assert embed.returncode == 0, embed.stderr
     assert f"bioclip zsl --run {run}" in embed.stderr
+    return t, h5, run
 
+
+@pytest.mark.slow
+def test_build_train_embed_bzsl_csv(exported):
+    t, h5, run = exported
     bzsl = run / "embeddings" / "bzsl"
     assert sorted(p.name for p in bzsl.iterdir()) == [
         "INSECT_metadata.csv",
@@ -75,3 +84,16 @@ def test_build_train_embed_bzsl_csv(tmp_path):
                           if hasattr(model, "device") else __import__("torch").device("cpu"), batch_size=64)  # fmt: skip
     np.testing.assert_allclose(direct["image"], img, atol=1e-5)
     np.testing.assert_allclose(direct["dna"], dna, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("bioclip_cli.workflows.zsl") is None, reason="no `bioclip zsl` here")
+def test_zsl_runs_on_the_export(exported, tmp_path):
+    _, _, run = exported
+    out = tmp_path / "zsl.json"
+    proc = run_cli("zsl", "--run", str(run), "--pca-dim", "8", "--format", "json", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert set(result) >= {"seen_acc", "unseen_acc", "harmonic_mean", "parameters"}
+    assert all(0.0 <= result[k] <= 1.0 for k in ("seen_acc", "unseen_acc", "harmonic_mean"))
+    assert set(result["parameters"]) == {"k0", "k1", "m", "s", "K"}
