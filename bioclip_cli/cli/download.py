@@ -20,8 +20,19 @@ EXAMPLES = examples(
 NO_ARGS_IS_HELP = True
 
 
+def _complete_target(incomplete: str) -> list[str]:
+    from bioclip_cli.data.artifacts import TARGETS
+
+    return [name for name in TARGETS if name.startswith(incomplete)]
+
+
 def command(
-    target: Annotated[str, typer.Argument(help="What to fetch: 5m, 1m, checkpoints, embeddings or encoders.")],
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="What to fetch: 5m, 1m, checkpoints, embeddings or encoders.", autocompletion=_complete_target
+        ),
+    ],
     what: Annotated[
         Literal["hdf5", "raw", "metadata", "partition"],
         typer.Option("--what", help="For 5m/1m: hdf5 (pre-built), raw (metadata + images), metadata, partition."),

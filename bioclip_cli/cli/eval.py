@@ -27,6 +27,18 @@ EXAMPLES = examples(
 )
 
 
+def _complete_query(incomplete: str) -> list[str]:
+    from bioclip_cli.retrieval.evaluation import QUERY_FEATURES
+
+    return [name for name in QUERY_FEATURES if name.startswith(incomplete)]
+
+
+def _complete_key(incomplete: str) -> list[str]:
+    from bioclip_cli.retrieval.evaluation import KEY_FEATURES
+
+    return [name for name in KEY_FEATURES if name.startswith(incomplete)]
+
+
 def _int_list(text: str, flag: str) -> list[int]:
     from bioclip_cli.errors import BioclipError
 
@@ -50,11 +62,21 @@ def command(
     split: SplitOpt = "val",
     query: Annotated[
         list[str] | None,
-        typer.Option("--query", help="Query feature(s): image, dna, text, avg, concat.", show_default=False),
+        typer.Option(
+            "--query",
+            help="Query feature(s): image, dna, text, avg, concat.",
+            show_default=False,
+            autocompletion=_complete_query,
+        ),
     ] = None,
     key: Annotated[
         list[str] | None,
-        typer.Option("--key", help="Key feature(s): image, dna, text, avg, concat, all.", show_default=False),
+        typer.Option(
+            "--key",
+            help="Key feature(s): image, dna, text, avg, concat, all.",
+            show_default=False,
+            autocompletion=_complete_key,
+        ),
     ] = None,
     k: Annotated[str, typer.Option("--k", help="Comma-separated k of top-k.")] = "1,3,5",
     levels: Annotated[
