@@ -132,3 +132,13 @@ def test_every_table_command_takes_format_and_output(command):
     res = run_cli(command, "--help", env={"COLUMNS": "200"})
     assert res.returncode == 0, res.stderr
     assert "--format" in res.stdout and "--output" in res.stdout and "table|json|csv" in res.stdout.replace(" ", "")
+
+
+@pytest.mark.slow
+def test_train_summary_as_json_keeps_progress_tables_on_stderr(sample_h5, tmp_path):
+    res = run_cli("train", "--preset", "tiny", "--set", f"data.hdf5={sample_h5}", "--max-steps", "2", "--out",
+                  "runs/t", "--format", "json", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    [summary] = json.loads(res.stdout)
+    assert summary["run"] == "runs/t" and summary["steps"] == 2 and summary["stopped"] == "max_steps"
+    assert "parameters" in res.stderr  # the parameter table is progress here: on stderr
