@@ -23,6 +23,7 @@ from bioclip_cli.cli import (
     predict,
     presets,
     train,
+    zsl,
 )
 
 _state = {"debug": os.environ.get("BIOCLIP_DEBUG", "") not in ("", "0")}
@@ -75,6 +76,7 @@ for module, name in [
     (inspect, "inspect"),
     (demo, "demo"),
     (predict, "predict"),
+    (zsl, "zsl"),
 ]:
     app.command(name=name, epilog=module.EXAMPLES, no_args_is_help=getattr(module, "NO_ARGS_IS_HELP", False))(
         module.command
