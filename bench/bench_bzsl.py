@@ -17,14 +17,17 @@ and DNA class embeddings. Measures, in one run:
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
 from scipy.special import gammaln
+from threadpoolctl import threadpool_limits
 
 from bioclip_cli.progress import set_quiet
 from bioclip_cli.retrieval.bzsl import (
     build_unseen_classes,
+    cholesky_with_jitter,
     fit_seen_classes,
     nearest_seen_classes,
     pca_basis,
@@ -79,6 +82,8 @@ def baseline_seen_log_densities(x_fit, y_fit, x_test, params, classes, covarianc
     means = np.array([x_fit[y_fit == c].mean(0) for c in all_classes])
     mu0 = means.mean(0)
     sigma0 = np.mean([np.cov(x_fit[y_fit == c].T) for c in all_classes if (y_fit == c).sum() > 1], axis=0)
+    chol0, jitter = cholesky_with_jitter(sigma0)  # the same stated fallback as ours (0 on a well-posed case)
+    sigma0 = sigma0 + jitter * np.eye(d)
     psi = (params.m - d - 1) * sigma0 / params.s
     kappa = params.k0 * params.k1 / (params.k0 + params.k1)
     out = []
@@ -103,8 +108,24 @@ def baseline_seen_log_densities(x_fit, y_fit, x_test, params, classes, covarianc
     return np.array(out).T
 
 
-def main(scale: float = 1.0, baseline_classes: int = 8, pca_dim: int = 500, seed: int = 0) -> dict:
+def main(
+    scale: float = 1.0, baseline_classes: int = 8, pca_dim: int = 500, seed: int = 0, threads: int | None = None
+) -> dict:
+    """Time both; `threads` limits BLAS threads for both (None: the library default)."""
+    with threadpool_limits(limits=threads, user_api="blas"):
+        return _main(scale, baseline_classes, pca_dim, seed)
+
+
+def threadpool_info_threads() -> int | None:
+    from threadpoolctl import threadpool_info
+
+    blas = [pool["num_threads"] for pool in threadpool_info() if pool.get("user_api") == "blas"]
+    return max(blas) if blas else None
+
+
+def _main(scale: float, baseline_classes: int, pca_dim: int, seed: int) -> dict:
     set_quiet(True)
+    load = os.getloadavg()[0]
     features, labels, side, locs = synthetic_insect(scale, seed)
     pca_dim = min(pca_dim, features.shape[1])
     start = time.perf_counter()
@@ -136,7 +157,9 @@ def main(scale: float = 1.0, baseline_classes: int = 8, pca_dim: int = 500, seed
     final_classes = len(np.unique(labels[locs["train"]])) + len(np.unique(labels[locs["test_unseen"]]))
     baseline = per_class * (classes_per_point * points + final_classes * final_tests / len(x_test))
     out = {
+        "load_average_at_start": load,
         "rows": len(features),
+        "blas_threads": threadpool_info_threads(),
         "classes": int(labels.max()) + 1,
         "pca_dim": pca_dim,
         "grid_points": points,
@@ -151,7 +174,8 @@ def main(scale: float = 1.0, baseline_classes: int = 8, pca_dim: int = 500, seed
         "parameters": result.params.to_json(),
     }
     print(
-        f"INSECT-sized case x{scale:g}: {len(features):,} rows x {features.shape[1]}, {out['classes']:,} classes, d={pca_dim}"
+        f"INSECT-sized case x{scale:g}: {len(features):,} rows x {features.shape[1]}, {out['classes']:,} classes, "
+        f"d={pca_dim}; BLAS threads {out['blas_threads']}; load average at the start {load:.1f}"
     )
     print(f"ours, the whole tuned run ({points} points + final fit): {ours:.1f} s")
     print(
@@ -170,5 +194,6 @@ if __name__ == "__main__":
     parser.add_argument("--baseline-classes", type=int, default=8, help="classes the baseline is timed on")
     parser.add_argument("--pca-dim", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="BLAS threads for both (default: the library's)")
     args = parser.parse_args()
-    main(args.scale, args.baseline_classes, args.pca_dim, args.seed)
+    main(args.scale, args.baseline_classes, args.pca_dim, args.seed, args.threads)

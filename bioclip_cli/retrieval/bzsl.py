@@ -41,6 +41,7 @@ import scipy.linalg
 import scipy.sparse
 import scipy.spatial.distance
 from scipy.special import gammaln
+from threadpoolctl import threadpool_limits
 
 COVARIANCES = ("compat", "paper")
 
@@ -68,7 +69,8 @@ def pca_basis(x_fit: np.ndarray, dim: int) -> np.ndarray:
     x_fit = np.asarray(x_fit, dtype=np.float64)
     if not 1 <= dim <= x_fit.shape[1]:
         raise ValueError(f"the PCA dimension must be between 1 and the feature dimension {x_fit.shape[1]}, got {dim}")
-    _, vectors = np.linalg.eigh(np.cov(x_fit, rowvar=False))
+    with threadpool_limits(limits=1, user_api="blas"):  # see _scatter_rows
+        _, vectors = np.linalg.eigh(np.cov(x_fit, rowvar=False))
     basis = vectors[:, ::-1][:, :dim]
     largest = np.argmax(np.abs(basis), axis=0)
     return basis * np.sign(basis[largest, np.arange(dim)])
@@ -87,7 +89,11 @@ def cholesky_with_jitter(matrix: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def _scatter_rows(centred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows F (r x d) with F^T F = centred^T centred, and their squared norms (the non-zero eigenvalues)."""
+    """Rows F (r x d) with F^T F = centred^T centred, and their squared norms (the non-zero eigenvalues).
+
+    Callers run it under `threadpool_limits(1)`: OpenBLAS's threaded LAPACK is up to 50x slower on these
+    small problems (and on the 768 x 768 PCA eigendecomposition) when the cores are shared.
+    """
     if len(centred) == 0:
         return np.zeros((0, centred.shape[1])), np.zeros(0)
     _, sv, vt = np.linalg.svd(centred, full_matrices=False)
@@ -147,11 +153,12 @@ def fit_seen_classes(x: np.ndarray, y: np.ndarray) -> SeenClasses:
     order = np.argsort(inverse, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(counts)])
     rows, lam, owner = [], [], []
-    for k in range(len(classes)):
-        f, ev = _scatter_rows(zcentred[order[bounds[k] : bounds[k + 1]]])
-        rows.append(f)
-        lam.append(ev)
-        owner.append(np.full(len(ev), k))
+    with threadpool_limits(limits=1, user_api="blas"):
+        for k in range(len(classes)):
+            f, ev = _scatter_rows(zcentred[order[bounds[k] : bounds[k + 1]]])
+            rows.append(f)
+            lam.append(ev)
+            owner.append(np.full(len(ev), k))
     return SeenClasses(
         classes=classes,
         counts=counts.astype(np.float64),
@@ -211,13 +218,14 @@ def build_unseen_classes(seen: SeenClasses, classes: np.ndarray, neighbours: np.
     rows, lam, owner, rows_zbar = [], [], [], []
     by_class = np.argsort(seen.owner, kind="stable")
     starts = np.searchsorted(seen.owner[by_class], np.arange(len(seen.classes) + 1))
-    for u, nb in enumerate(neighbours):
-        stacked = np.concatenate([seen.rows[by_class[starts[j] : starts[j + 1]]] for j in nb])
-        f, ev = _scatter_rows(stacked)
-        rows.append(f)
-        lam.append(ev)
-        owner.append(np.full(len(ev), u))
-        rows_zbar.append(f @ seen.zbar[nb].T)
+    with threadpool_limits(limits=1, user_api="blas"):
+        for u, nb in enumerate(neighbours):
+            stacked = np.concatenate([seen.rows[by_class[starts[j] : starts[j + 1]]] for j in nb])
+            f, ev = _scatter_rows(stacked)
+            rows.append(f)
+            lam.append(ev)
+            owner.append(np.full(len(ev), u))
+            rows_zbar.append(f @ seen.zbar[nb].T)
     zb = seen.zbar[neighbours]  # [U, K, d]
     return UnseenClasses(
         classes=np.asarray(classes),
@@ -232,56 +240,56 @@ def build_unseen_classes(seen: SeenClasses, classes: np.ndarray, neighbours: np.
 
 @dataclass
 class TestChunk:
-    """A chunk of test points' hyper-parameter-free projections (whitened, centred at mu0)."""
+    """A chunk of test points' hyper-parameter-free projections (whitened, centred at mu0), class-major.
+
+    Arrays are [classes or rows, T] so that the sparse per-class sums read them without copies.
+    """
 
     zz: np.ndarray  # [T] |z|^2
-    zbar: np.ndarray  # [T, C] z . zbar_c
-    rows: np.ndarray  # [T, R] z . f_j (seen rows)
-    w_compat: np.ndarray  # [T] z . w_compat
-    unseen_rows: dict  # K -> [T, R_U]
+    zbar: np.ndarray  # [C, T] zbar_c . z
+    rows: np.ndarray  # [R, T] f_j . z (seen scatter rows)
+    rows_sq: np.ndarray  # [R, T] their squares
+    w_compat: np.ndarray  # [T] w_compat . z
+    unseen_rows: dict  # K -> ([R_U, T] projections, their squares)
 
 
 def project_chunk(seen: SeenClasses, unseen: dict[int, UnseenClasses], x: np.ndarray) -> TestChunk:
     """Project PCA features `x` [T, d] on everything the grid needs (done once per chunk)."""
-    z = seen.whiten(x)
+    zt = np.ascontiguousarray(seen.whiten(x).T)  # [d, T]
+    rows = seen.rows @ zt
+    unseen_rows = {}
+    for K, u in unseen.items():
+        projected = u.rows @ zt
+        unseen_rows[K] = (projected, projected * projected)
     return TestChunk(
-        zz=(z * z).sum(axis=1),
-        zbar=z @ seen.zbar.T,
-        rows=z @ seen.rows.T,
-        w_compat=z @ seen.w_compat,
-        unseen_rows={K: z @ u.rows.T for K, u in unseen.items()},
+        zz=(zt * zt).sum(axis=0),
+        zbar=seen.zbar @ zt,
+        rows=rows,
+        rows_sq=rows * rows,
+        w_compat=seen.w_compat @ zt,
+        unseen_rows=unseen_rows,
     )
 
 
-def _by_owner(owner: np.ndarray, n_groups: int, columns: list[np.ndarray]) -> scipy.sparse.csr_matrix:
-    """Sparse [R, n_groups * len(columns)] matrix: row j holds columns[i][j] at column i*n_groups + owner[j]."""
+def _per_class_sums(owner: np.ndarray, n_groups: int, weights: list[np.ndarray], values: np.ndarray) -> np.ndarray:
+    """[len(weights) * n_groups, T]: block i, row k = sum over rows j of class k of weights[i][j] * values[j]."""
     r = len(owner)
-    data = np.concatenate(columns)
-    rows = np.tile(np.arange(r), len(columns))
-    cols = np.concatenate([owner + i * n_groups for i in range(len(columns))])
-    return scipy.sparse.csr_matrix((data, (rows, cols)), shape=(r, n_groups * len(columns)))
+    data = np.concatenate(weights)
+    rows = np.concatenate([owner + i * n_groups for i in range(len(weights))])
+    cols = np.tile(np.arange(r), len(weights))
+    matrix = scipy.sparse.csr_matrix((data, (rows, cols)), shape=(n_groups * len(weights), r))
+    return matrix @ values
 
 
 def _student_t(v, d, logdet, maha) -> np.ndarray:
-    """Student-t log-density from per-class v, log|Sigma| and the [T, C] Mahalanobis terms."""
-    return (
-        gammaln((v + d) / 2)
-        - gammaln(v / 2)
-        - d / 2 * np.log(v * np.pi)
-        - 0.5 * logdet
-        - (v + d) / 2 * np.log1p(maha / v)
-    )
-
-
-def _inverse_weighted(chunk_rows, rows_sq, lam, owner, n, c, beta):
-    """[T, n] sum_j (p_tj - beta_j)^2 / (c + lam_j) over each class's rows, and helpers."""
-    inv = 1.0 / (c + lam)
-    quad = rows_sq @ _by_owner(owner, n, [inv]) - 2.0 * (chunk_rows @ _by_owner(owner, n, [beta * inv]))
-    return quad + np.bincount(owner, weights=beta * beta * inv, minlength=n), inv
+    """[T, C] Student-t log-densities from per-class v, log|Sigma| and the [C, T] Mahalanobis terms."""
+    v, logdet = v[:, None], logdet[:, None]
+    const = gammaln((v + d) / 2) - gammaln(v / 2) - d / 2 * np.log(v * np.pi) - 0.5 * logdet
+    return (const - (v + d) / 2 * np.log1p(maha / v)).T
 
 
 def seen_log_densities(
-    seen: SeenClasses, chunk: TestChunk, params: BzslParams, covariance: str = "compat", rows_sq=None
+    seen: SeenClasses, chunk: TestChunk, params: BzslParams, covariance: str = "compat"
 ) -> np.ndarray:
     """[T, C] predictive log-densities of the chunk's points under each seen class."""
     d, n, k0, k1, m, s = seen.dim, seen.counts, params.k0, params.k1, params.m, params.s
@@ -291,42 +299,35 @@ def seen_log_densities(
     a = (n + kappa + 1) / ((n + kappa) * v)
     r = n / (n + kappa)  # whitened posterior mean = r * zbar
     owner, lam, ncls = seen.owner, seen.lam, len(seen.classes)
-    g = np.einsum("rd,rd->r", seen.rows, seen.zbar[owner])
-    beta = r[owner] * g
-    if rows_sq is None:
-        rows_sq = chunk.rows * chunk.rows
-    inv = 1.0 / (c + lam)
-    if covariance == "compat":
-        w_dot_zbar = seen.zbar @ seen.w_compat
+    g = np.einsum("rd,rd->r", seen.rows, seen.zbar[owner])  # f_j . zbar of its class
+    beta = r[owner] * g  # f_j . (posterior mean)
+    zbn = (seen.zbar * seen.zbar).sum(axis=1)
+    if covariance == "compat":  # w = L0^{-1} 1, q = n kappa/(n + kappa) |xbar - mu0|^2
         fw = seen.rows @ seen.w_compat
-        wy = chunk.w_compat[:, None] - r * w_dot_zbar
+        wy = chunk.w_compat[None, :] - (r * (seen.zbar @ seen.w_compat))[:, None]
         ww = float(seen.w_compat @ seen.w_compat)
         q = n * kappa / (n + kappa) * seen.dist2
-    elif covariance == "paper":
-        zbn = (seen.zbar * seen.zbar).sum(axis=1)
+    elif covariance == "paper":  # w = zbar, q = n kappa/(n + kappa)
         fw = g
-        wy = chunk.zbar - r * zbn
+        wy = chunk.zbar - (r * zbn)[:, None]
         ww = zbn
         q = n * kappa / (n + kappa)
     else:
         raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
-    both = chunk.rows @ _by_owner(owner, ncls, [beta * inv, fw * inv])
-    zbn = (seen.zbar * seen.zbar).sum(axis=1)
-    yy = chunk.zz[:, None] - 2.0 * r * chunk.zbar + r * r * zbn
-    quad = rows_sq @ _by_owner(owner, ncls, [inv]) - 2.0 * both[:, :ncls]
-    quad += np.bincount(owner, weights=beta * beta * inv, minlength=ncls)
-    y_by = (yy - quad) / c
-    w_by = (wy - both[:, ncls:] + np.bincount(owner, weights=fw * beta * inv, minlength=ncls)) / c
-    w_bw = (ww - np.bincount(owner, weights=fw * fw * inv, minlength=ncls)) / c
-    maha = (y_by - q * w_by * w_by / (1.0 + q * w_bw)) / a
-    logdet = d * np.log(a) + seen.logdet0 + d * np.log(c)
-    logdet = logdet + np.bincount(owner, weights=np.log1p(lam / c), minlength=ncls) + np.log1p(q * w_bw)
+    inv = 1.0 / (c + lam)
+    sums = lambda w: np.bincount(owner, weights=w, minlength=ncls)  # noqa: E731
+    both = _per_class_sums(owner, ncls, [beta * inv, fw * inv], chunk.rows)
+    quad = _per_class_sums(owner, ncls, [inv], chunk.rows_sq) - 2.0 * both[:ncls] + sums(beta * beta * inv)[:, None]
+    yy = chunk.zz[None, :] - 2.0 * r[:, None] * chunk.zbar + (r * r * zbn)[:, None]
+    y_by = (yy - quad) / c  # y^T B^{-1} y, B = c I + F^T F
+    w_by = (wy - both[ncls:] + sums(fw * beta * inv)[:, None]) / c
+    w_bw = (ww - sums(fw * fw * inv)) / c
+    maha = (y_by - (q / (1.0 + q * w_bw))[:, None] * w_by * w_by) / a[:, None]  # Sherman-Morrison
+    logdet = d * np.log(a) + seen.logdet0 + d * np.log(c) + sums(np.log1p(lam / c)) + np.log1p(q * w_bw)
     return _student_t(v, d, logdet, maha)
 
 
-def unseen_log_densities(
-    seen: SeenClasses, unseen: UnseenClasses, chunk: TestChunk, params: BzslParams, rows_sq=None
-) -> np.ndarray:
+def unseen_log_densities(seen: SeenClasses, unseen: UnseenClasses, chunk: TestChunk, params: BzslParams) -> np.ndarray:
     """[T, U] predictive log-densities of the chunk's points under each unseen class (for K = params.K)."""
     d, k0, k1, m, s, K = seen.dim, params.k0, params.k1, params.m, params.s, params.K
     nb = unseen.neighbours
@@ -339,17 +340,15 @@ def unseen_log_densities(
     v = n_nb.sum(axis=1) - K + m - d + 1
     a = (kt + 1) / (kt * v)
     owner, lam, ncls = unseen.owner, unseen.lam, len(unseen.classes)
-    prows = chunk.unseen_rows[K]
-    if rows_sq is None:
-        rows_sq = prows * prows
+    rows, rows_sq = chunk.unseen_rows[K]
     beta = (unseen.rows_zbar * alpha[owner]).sum(axis=1)
-    yy = chunk.zz[:, None] - 2.0 * np.einsum("tuk,uk->tu", chunk.zbar[:, nb], alpha)
-    yy = yy + np.einsum("uk,ukl,ul->u", alpha, unseen.zbar_gram, alpha)
-    quad, _ = _inverse_weighted(prows, rows_sq, lam, owner, ncls, c, beta)
-    maha = (yy - quad) / c / a
-    logdet = (
-        d * np.log(a) + seen.logdet0 + d * np.log(c) + np.bincount(owner, weights=np.log1p(lam / c), minlength=ncls)
-    )
+    inv = 1.0 / (c + lam)
+    yy = chunk.zz[None, :] - 2.0 * np.einsum("ukt,uk->ut", chunk.zbar[nb], alpha)
+    yy += np.einsum("uk,ukl,ul->u", alpha, unseen.zbar_gram, alpha)[:, None]
+    quad = _per_class_sums(owner, ncls, [inv], rows_sq) - 2.0 * _per_class_sums(owner, ncls, [beta * inv], rows)
+    quad += np.bincount(owner, weights=beta * beta * inv, minlength=ncls)[:, None]
+    maha = (yy - quad) / c / a[:, None]
+    logdet = d * np.log(a) + seen.logdet0 + d * np.log(c) + np.bincount(owner, np.log1p(lam / c), minlength=ncls)
     return _student_t(v, d, logdet, maha)
 
 

@@ -153,13 +153,11 @@ def evaluate_points(
         for start in starts:
             rows = test_rows[start : start + chunk_size]
             chunk = project_chunk(seen, unseen, features[rows] @ basis)
-            seen_sq = chunk.rows * chunk.rows
-            unseen_sq = {K: r * r for K, r in chunk.unseen_rows.items()}
             for members in groups.values():
-                seen_lp = seen_log_densities(seen, chunk, points[members[0]], covariance, rows_sq=seen_sq)
+                seen_lp = seen_log_densities(seen, chunk, points[members[0]], covariance)
                 for i in members:
                     p = points[i]
-                    unseen_lp = unseen_log_densities(seen, unseen[p.K], chunk, p, rows_sq=unseen_sq[p.K])
+                    unseen_lp = unseen_log_densities(seen, unseen[p.K], chunk, p)
                     preds[i, start : start + len(rows)] = predict(seen_lp, unseen_lp, seen, unseen[p.K])
                 bar.advance(len(members))
     n_seen = len(split.seen_test)

@@ -62,7 +62,9 @@ def zsl_input_paths(
     return paths[0], paths[1], paths[2]
 
 
-def _check_inputs(table: InsectTable, image: np.ndarray, dna: np.ndarray, paths: tuple[Path, Path, Path]) -> None:
+def _check_inputs(
+    table: InsectTable, image: np.ndarray, dna: np.ndarray, paths: tuple[Path, Path, Path], needed: list[str]
+) -> None:
     metadata, image_path, dna_path = paths
     if len(image) != len(table):
         raise DataError(
@@ -76,9 +78,9 @@ def _check_inputs(table: InsectTable, image: np.ndarray, dna: np.ndarray, paths:
             f"{dna_path} has {len(dna):,} columns (classes) but the labels go up to {table.n_classes - 1}",
             "the DNA file holds one column per class 0..C-1",
         )
-    for split in ("train", "val", "test_seen", "test_unseen"):
+    for split in needed:
         if not table.loc(split).size:
-            raise DataError(metadata, f"{metadata} has no {split} rows", "the INSECT splits are all needed for BZSL")
+            raise DataError(metadata, f"{metadata} has no {split} rows", "BZSL needs the INSECT splits (val: tuning)")
 
 
 def _check_options(params: BzslParams | None, pca_dim: int, features: int, fit_on: str, covariance: str) -> None:
@@ -112,17 +114,17 @@ def run_zsl(
     pca_dim: int = 500,
     covariance: str = "compat",
     genus: bool = False,
-    details: bool = False,
 ) -> ZslOutcome:
     """Read the inputs, run BZSL (tuned or with `params`, INSECT defaults when None) and save a run's results."""
     paths = zsl_input_paths(run, metadata, image_embeddings, dna_embeddings)
     table = read_insect_metadata(paths[0])
     image = read_image_embeddings(paths[1])
     dna = read_dna_class_embeddings(paths[2])
-    _check_inputs(table, image, dna, paths)
     if params is None and not tune:
         params = insect_defaults(pca_dim)
     _check_options(None if tune else params, pca_dim, image.shape[1], fit_on, covariance)
+    needed = (["train", "val"] if tune else []) + [fit_on, "test_seen", "test_unseen"]
+    _check_inputs(table, image, dna, paths, sorted(set(needed), key=needed.index))
     genus_of_class = None
     if genus:
         species = [""] * len(dna)
