@@ -239,7 +239,7 @@ def build_unseen_classes(seen: SeenClasses, classes: np.ndarray, neighbours: np.
 
 
 @dataclass
-class TestChunk:
+class ChunkProjections:
     """A chunk of test points' hyper-parameter-free projections (whitened, centred at mu0), class-major.
 
     Arrays are [classes or rows, T] so that the sparse per-class sums read them without copies.
@@ -253,7 +253,7 @@ class TestChunk:
     unseen_rows: dict  # K -> ([R_U, T] projections, their squares)
 
 
-def project_chunk(seen: SeenClasses, unseen: dict[int, UnseenClasses], x: np.ndarray) -> TestChunk:
+def project_chunk(seen: SeenClasses, unseen: dict[int, UnseenClasses], x: np.ndarray) -> ChunkProjections:
     """Project PCA features `x` [T, d] on everything the grid needs (done once per chunk)."""
     zt = np.ascontiguousarray(seen.whiten(x).T)  # [d, T]
     rows = seen.rows @ zt
@@ -261,7 +261,7 @@ def project_chunk(seen: SeenClasses, unseen: dict[int, UnseenClasses], x: np.nda
     for K, u in unseen.items():
         projected = u.rows @ zt
         unseen_rows[K] = (projected, projected * projected)
-    return TestChunk(
+    return ChunkProjections(
         zz=(zt * zt).sum(axis=0),
         zbar=seen.zbar @ zt,
         rows=rows,
@@ -289,7 +289,7 @@ def _student_t(v, d, logdet, maha) -> np.ndarray:
 
 
 def seen_log_densities(
-    seen: SeenClasses, chunk: TestChunk, params: BzslParams, covariance: str = "compat"
+    seen: SeenClasses, chunk: ChunkProjections, params: BzslParams, covariance: str = "compat"
 ) -> np.ndarray:
     """[T, C] predictive log-densities of the chunk's points under each seen class."""
     d, n, k0, k1, m, s = seen.dim, seen.counts, params.k0, params.k1, params.m, params.s
@@ -327,7 +327,9 @@ def seen_log_densities(
     return _student_t(v, d, logdet, maha)
 
 
-def unseen_log_densities(seen: SeenClasses, unseen: UnseenClasses, chunk: TestChunk, params: BzslParams) -> np.ndarray:
+def unseen_log_densities(
+    seen: SeenClasses, unseen: UnseenClasses, chunk: ChunkProjections, params: BzslParams
+) -> np.ndarray:
     """[T, U] predictive log-densities of the chunk's points under each unseen class (for K = params.K)."""
     d, k0, k1, m, s, K = seen.dim, params.k0, params.k1, params.m, params.s, params.K
     nb = unseen.neighbours
