@@ -146,9 +146,10 @@ def _main(scale: float, baseline_classes: int, pca_dim: int, seed: int) -> dict:
     seen = fit_seen_classes(x_fit, y_fit)
     unseen_classes = np.unique(labels[split.unseen_test])
     nb = nearest_seen_classes(side[unseen_classes], side[seen.classes], params.K)
-    chunk = project_chunk(seen, {params.K: build_unseen_classes(seen, unseen_classes, nb)}, x_test)
+    checked = slice(0, 1024)  # the first 1,024 test points are enough for the agreement check
+    chunk = project_chunk(seen, {params.K: build_unseen_classes(seen, unseen_classes, nb)}, x_test[checked])
     ours_lp = seen_log_densities(seen, chunk, params)[:, np.searchsorted(seen.classes, some)]
-    agreement = float(np.max(np.abs(ours_lp / reference - 1)))
+    agreement = float(np.max(np.abs(ours_lp / reference[checked] - 1)))
     classes_per_point = len(seen.classes) + len(unseen_classes)
     points = len(tuning_grid(pca_dim))
     per_class = base_part / len(some)
