@@ -332,3 +332,17 @@ def test_zsl_cli_on_a_run_fixed_values_csv_and_errors(tmp_path):
     assert missing.returncode == 1 and "bioclip embed --run" in missing.stderr
     alone = run_cli("zsl", "--metadata", str(run / "embeddings" / "bzsl" / "INSECT_metadata.csv"))
     assert alone.returncode == 1 and "missing: --image-embeddings, --dna-embeddings" in alone.stderr
+
+
+def test_bench_run_reports_the_bzsl_figures():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_run_bzsl", REPO / "bench" / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    result = {"rows": 100, "classes": 10, "pca_dim": 5, "grid_points": 144, "ours_tuned_run_s": 30.0,
+              "baseline_extrapolated_s": 3000.0, "max_relative_difference": 1e-11}  # fmt: skip
+    speed, agreement = run.figures("bzsl", result)
+    assert speed["ratio"] == pytest.approx(0.01) and speed["ok"] == "yes" and agreement["ok"] == "yes"
