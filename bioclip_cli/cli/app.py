@@ -24,6 +24,7 @@ from bioclip_cli.cli import (
     predict,
     presets,
     train,
+    zsl,
 )
 
 _state = {"debug": os.environ.get("BIOCLIP_DEBUG", "") not in ("", "0")}
@@ -76,6 +77,7 @@ for module, name in [
     (demo, "demo"),
     (predict, "predict"),
     (env, "env"),
+    (zsl, "zsl"),
 ]:
     app.command(name=name, epilog=module.EXAMPLES, no_args_is_help=getattr(module, "NO_ARGS_IS_HELP", False))(
         module.command
