@@ -6,7 +6,18 @@ from typing import Annotated, Literal
 
 import typer
 
-from bioclip_cli.cli.options import CheckpointOpt, ConfigOpt, OutDirOpt, PresetOpt, RunOpt, SetOpt, SplitOpt, examples
+from bioclip_cli.cli.options import (
+    CheckpointOpt,
+    ConfigOpt,
+    OutDirOpt,
+    OutputOpt,
+    PresetOpt,
+    RunOpt,
+    SetOpt,
+    SplitOpt,
+    WhichOpt,
+    examples,
+)
 
 EXAMPLES = examples(
     "bioclip embed --run runs/idt-5m",
@@ -25,24 +36,26 @@ def command(
     set_: SetOpt = None,
     split: SplitOpt = "val",
     out: OutDirOpt = None,
-    which: Annotated[str, typer.Option("--which", help="Checkpoint of the run to use: best or last.")] = "best",
+    which: WhichOpt = "best",
     dtype: Annotated[
-        str | None,
+        Literal["float32", "float64"] | None,
         typer.Option(
             "--dtype",
             help="float32, or float64 (as the released files). Default: eval.dtype (float32).",
             show_default=False,
         ),
     ] = None,
-    format_: Annotated[
-        Literal["published", "bzsl-csv"],
+    format: Annotated[
+        Literal["table", "json", "csv", "bzsl-csv"],
         typer.Option(
             "--format",
-            help="published: the query/key files; bzsl-csv (INSECT): every row's image embedding and each "
-            "species' mean DNA embedding (OUT/embeddings/insect_embeddings.hdf5) and the CSV files BZSL reads "
-            "(OUT/embeddings/bzsl/).",
+            "-f",
+            help="table, json or csv: how the summary prints (on stdout, or in --output). bzsl-csv (an INSECT "
+            "run): instead, every row's image embedding and each species' mean DNA embedding "
+            "(OUT/embeddings/insect_embeddings.hdf5) and the CSV files BZSL reads (OUT/embeddings/bzsl/).",
         ),
-    ] = "published",
+    ] = "table",
+    output_file: OutputOpt = None,
 ) -> None:
     """Encode the query groups and all_keys with every modality of the model; write the published HDF5 + labels JSON.
 
@@ -55,11 +68,12 @@ def command(
     plan = plan_embedding(
         run=run, checkpoint=checkpoint, preset=preset, files=config or [], sets=set_ or [], which=which, out=out
     )
-    if format_ == "bzsl-csv":
+    if format == "bzsl-csv":
         done = embed_insect(plan)
         if done.is_main:
-            output.success(f"{done.rows} rows, {done.classes} classes of {plan.description}: "
-                           + ", ".join(str(f) for f in done.files))  # fmt: skip
+            rows = [{"file": str(f)} for f in done.files]
+            output.emit(rows, "table", output_file, title=f"INSECT embeddings of {plan.description}: {done.rows} "
+                        f"rows, {done.classes} classes")  # fmt: skip
             output.hint(f"bioclip zsl --run {plan.out}")
         return
     result = embed(plan, split=split, dtype=dtype)
@@ -70,7 +84,14 @@ def command(
          "status": "encoded" if role in result.encoded else "already complete"}
         for role in ("seen", "unseen", "key")
     ]  # fmt: skip
-    output.print_table(rows, title=f"{result.split} embeddings of {plan.description}")
+    output.emit(
+        rows,
+        format,
+        output_file,
+        title=f"{result.split} embeddings of {plan.description}",
+        json_obj={"split": result.split, "model": plan.description, "embeddings": str(result.h5_path),
+                  "labels": str(result.labels_path), "groups": rows},
+    )  # fmt: skip
     if result.encoded:
         output.success(
             f"wrote {result.h5_path} and {result.labels_path.name} "

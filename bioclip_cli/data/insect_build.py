@@ -34,11 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bioclip_cli.data.build_raw import ProblemLog, barcode_problems, check_jpeg, read_images
 from bioclip_cli.data.hdf5_writer import BioscanH5Writer
 from bioclip_cli.data.insect_raw import ATT_SPLITS, RES101, raw_image_path, read_raw_insect
 from bioclip_cli.data.insect_table import SPLITS, InsectTable, read_insect_metadata
 from bioclip_cli.data.insect_taxonomy import taxonomy_columns
+from bioclip_cli.data.raw_images import check_jpeg, read_images
+from bioclip_cli.data.raw_problems import ProblemLog, barcode_problems
 from bioclip_cli.data.taxonomy import LEVELS, NOT_CLASSIFIED, taxonomy_strings, tokenize_taxonomy
 from bioclip_cli.errors import DataError
 

@@ -1,6 +1,6 @@
 """The raw INSECT release of BZSL (Badirli et al. 2021) read into an :class:`InsectTable`.
 
-Files (docs/method.md, "The INSECT dataset"):
+Files (docs/method.md, "INSECT dataset"):
 
 - ``res101.mat``: ``labels`` [N x 1] 1-based class ids, ``ids`` (image names without extension),
   ``bold_ids``, ``species``, ``nucleotides`` (raw COI), and ``features`` [2048 x N] (ResNet-101; not read);

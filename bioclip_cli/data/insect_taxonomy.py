@@ -4,7 +4,7 @@
 `data/INSECT/specie_to_other_labels.json` (MIT licence, notice in `insect_taxonomy.LICENSE`; the ranks were
 looked up in NCBI Taxonomy by that repository's authors). It maps each of the 1,213 INSECT species, keyed by
 the exact species string of the `.mat` files, to ``{"order", "family", "genus"}``; a rank it lacks or marks
-``not_classified`` is ``not_classified`` here. docs/method.md ("The INSECT dataset") lists its quirks
+``not_classified`` is ``not_classified`` here. docs/method.md ("INSECT dataset") lists its quirks
 (35 species unclassified at every rank, 3 without a genus, 23 whose NCBI genus differs from the name).
 """
 
