@@ -22,6 +22,7 @@ from bioclip_cli.cli import (
     inspect,
     predict,
     presets,
+    split,
     train,
 )
 
@@ -75,6 +76,7 @@ for module, name in [
     (inspect, "inspect"),
     (demo, "demo"),
     (predict, "predict"),
+    (split, "split"),
 ]:
     app.command(name=name, epilog=module.EXAMPLES, no_args_is_help=getattr(module, "NO_ARGS_IS_HELP", False))(
         module.command

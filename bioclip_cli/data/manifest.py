@@ -152,12 +152,12 @@ def _image_path(cell: str, folder: Path) -> tuple[Path | None, str | None]:
     """The image file of a cell inside `folder`, or (None, why not)."""
     if os.path.isabs(cell) or cell.startswith("~"):
         return None, f"{cell} is an absolute path; give it relative to the manifest's folder"
-    resolved = (folder / cell).resolve()
-    if not resolved.is_relative_to(folder):
+    path = Path(os.path.normpath(folder / cell))  # lexically: a symlinked image file is fine, `../` is not
+    if not path.is_relative_to(folder):
         return None, f"{cell} leaves the manifest's folder"
-    if not resolved.is_file():
-        return None, f"{cell} does not exist" if not resolved.exists() else f"{cell} is not a file"
-    return resolved, None
+    if not path.is_file():
+        return None, f"{cell} does not exist" if not path.exists() else f"{cell} is not a file"
+    return path, None
 
 
 def _row_problem(row: dict, folder: Path, manifest: Manifest) -> tuple[str, str] | None:
@@ -188,7 +188,7 @@ def _usable(row: dict, folder: Path, manifest: Manifest, extra: list[str]) -> Ma
     cell = row.get("image", "")
     return ManifestRow(
         id=row["id"],
-        image=(folder / cell).resolve() if cell else None,
+        image=Path(os.path.normpath(folder / cell)) if cell else None,
         barcode=barcode or None,
         taxonomy={level: clean_rank(row.get(level, "")) for level in LEVELS},
         split=row.get("split") or None,

@@ -1,0 +1,206 @@
+"""Your own specimens: manifests, `build-hdf5 custom`, the BIOSCAN-1M partition rules and `bioclip split 1m`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from bioclip_cli.data.build_raw import GROUPS_5M
+from bioclip_cli.data.manifest import read_manifest
+from bioclip_cli.data.partition_1m import BASE_GROUPS, partition_1m
+from bioclip_cli.data.sample import sample_metadata_csv, sample_root
+from bioclip_cli.errors import BioclipError
+from bioclip_cli.workflows.build_custom import build_custom
+
+HEADER = ["id", "image", "barcode", "order", "family", "genus", "species", "split"]
+
+
+def _sample_rows() -> list[dict]:
+    with open(sample_metadata_csv(), newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _image_rel(row: dict) -> str:
+    chunk = f"{row['chunk']}/" if row["chunk"] else ""
+    return f"images/cropped_256/{row['split']}/{chunk}{row['processid']}.jpg"
+
+
+def write_sample_manifest(folder: Path, with_split: bool = True, extra_rows: list[list[str]] = ()) -> Path:
+    """A manifest of the bundled sample's specimens (its real barcodes and taxonomy), images copied beside it."""
+    shutil.copytree(sample_root() / "bioscan5m" / "images", folder / "images")
+    header = HEADER if with_split else HEADER[:-1]
+    path = folder / "specimens.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow([*header, "country"])
+        for row in _sample_rows():
+            cells = [row["processid"], _image_rel(row), row["dna_barcode"], row["order"], row["family"],
+                     row["genus"], row["species"]]  # fmt: skip
+            if with_split:
+                cells.append(row["split"])
+            w.writerow([*cells, "Canada"])
+        for cells in extra_rows:
+            w.writerow(cells)
+    return path
+
+
+# ------------------------------------------------------------------------------------------- partition
+
+
+def _synthetic_species(rng) -> list[str]:
+    names = []
+    for s in range(60):  # 60 common species with 10-30 records
+        names += [f"Genus{s % 7} common{s}"] * int(rng.integers(10, 31))
+    for s in range(14):  # 14 tail species with 2-9 records
+        names += [f"Genus{s % 5} tail{s}"] * int(rng.integers(2, 10))
+    names += [f"Genus1 single{s}" for s in range(9)]  # 9 single-record species
+    names += [""] * 25 + ["not_classified"] * 5  # 30 records without a species
+    order = rng.permutation(len(names))
+    return [names[i] for i in order]
+
+
+def test_partition_1m_follows_the_rules_and_is_reproducible():
+    species = _synthetic_species(np.random.default_rng(3))
+    groups = partition_1m(species, seed=7)
+    arr = np.array(species, dtype=object)
+    counts = Counter(s for s in species if s and s != "not_classified")
+
+    # every record in exactly one base group
+    base = np.concatenate([groups[g] for g in BASE_GROUPS])
+    assert sorted(base.tolist()) == list(range(len(species)))
+    assert set(groups["no_split"].tolist()) == {i for i, s in enumerate(species) if s in ("", "not_classified")}
+    assert {arr[i] for i in groups["single_species"]} == {s for s, n in counts.items() if n == 1}
+
+    common = {s for s, n in counts.items() if n >= 10}
+    seen = {arr[i] for i in groups["train_seen"]}
+    assert len(seen) == int(len(common) * 0.8) == 48 and seen <= common
+    for name in seen:  # floored 0.7 / 0.8 / 0.9 cuts of each seen species
+        n = counts[name]
+        got = [int((arr[groups[g]] == name).sum()) for g in ("train_seen", "val_seen", "test_seen", "seen_keys")]
+        assert got == [int(n * 0.7), int(n * 0.8) - int(n * 0.7), int(n * 0.9) - int(n * 0.8), n - int(n * 0.9)]
+    unseen_common = common - seen
+    val_species = {arr[i] for i in groups["val_unseen_keys"]}
+    test_species = {arr[i] for i in groups["test_unseen_keys"]}
+    assert not val_species & test_species and not (val_species | test_species) & seen
+    assert len(val_species & unseen_common) == len(unseen_common) // 2  # half the unseen common species to val
+    tail = {s for s, n in counts.items() if 2 <= n < 10}
+    assert len(val_species & tail) == len(tail) // 2 and (val_species | test_species) == unseen_common | tail
+    for name in val_species:  # each unseen species' records halved (floored) into queries and keys
+        assert int((arr[groups["val_unseen"]] == name).sum()) == counts[name] // 2
+    # derived groups
+    assert np.array_equal(groups["all_keys"], np.sort(np.concatenate(
+        [groups["seen_keys"], groups["val_unseen_keys"], groups["test_unseen_keys"]])))  # fmt: skip
+    assert np.array_equal(groups["no_split_and_seen_train"], np.sort(np.r_[groups["no_split"], groups["train_seen"]]))
+    # reproducible by seed, different for another seed
+    again = partition_1m(species, seed=7)
+    assert all(np.array_equal(groups[g], again[g]) for g in groups)
+    other = partition_1m(species, seed=8)
+    assert not np.array_equal(groups["train_seen"], other["train_seen"])
+
+
+def test_split_1m_command_writes_partition_files(tmp_path):
+    species = _synthetic_species(np.random.default_rng(0))
+    tsv = tmp_path / "BIOSCAN_Insect_Dataset_metadata.tsv"
+    lines = ["sampleid\timage_file\tchunk_number\torder\tfamily\tgenus\tspecies"]
+    lines += [f"S{i:05d}\tS{i:05d}.jpg\t1\tDiptera\tF\tG\t{s}" for i, s in enumerate(species)]
+    tsv.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "part"
+    proc = run_cli("split", "1m", "--root", str(tmp_path), "--seed", "5", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    expected = partition_1m(species, 5)
+    for group, rows in expected.items():
+        listed = (out / f"{group}.txt").read_text().split()
+        assert listed == [f"S{i:05d}" for i in rows.tolist()]
+    summary = json.loads((out / "partition.json").read_text())
+    assert summary["seed"] == 5 and summary["records"] == len(species)
+    again = run_cli("split", "1m", "--root", str(tmp_path), "--seed", "5", "--out", str(out))
+    assert again.returncode != 0 and "already holds partition files" in again.stderr
+
+
+# -------------------------------------------------------------------------------------------- manifest
+
+
+def test_manifest_reports_each_bad_row(tmp_path):
+    (tmp_path / "sub").mkdir()
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.jpg"
+    outside.write_bytes(b"\xff\xd8\xff\xd9")
+    path = write_sample_manifest(
+        tmp_path / "sub",
+        extra_rows=[
+            ["X1", "images/none.jpg", "ACGT", "", "", "", "", "train", ""],  # missing file
+            ["X2", f"../../{outside.name}", "ACGT", "", "", "", "", "train", ""],  # escapes the folder
+            ["X3", "", "ACGTXYZ", "", "", "", "", "train", ""],  # bad barcode characters
+            ["X4", "", "ACGT", "", "", "", "", "holiday", ""],  # unknown split
+            ["AGAKH078-17", "", "ACGT", "", "", "", "", "train", ""],  # duplicate id
+            ["X5", "", "AC-GT..A", "Diptera", "", "", "", "val", ""],  # gaps: kept without them
+        ],
+    )
+    manifest = read_manifest(path)
+    kinds = {sid: kind for kind, sid, _ in manifest.problems}
+    assert kinds == {"X1": "missing_image", "X2": "path_outside_folder", "X3": "barcode_chars",
+                     "X4": "unknown_split", "AGAKH078-17": "duplicate_id"}  # fmt: skip
+    x5 = manifest.by_id()["X5"]
+    assert x5.barcode == "ACGTA" and x5.image is None and manifest.gap_rows == 1
+    assert x5.taxonomy == {"order": "Diptera", "family": "not_classified", "genus": "not_classified",
+                           "species": "not_classified"}  # fmt: skip
+    assert manifest.extra_columns == ["country"] and x5.extra == {"country": ""}
+    assert len(manifest.rows) == len(_sample_rows()) + 1
+
+
+def test_build_custom_from_the_sample_manifest(tmp_path):
+    path = write_sample_manifest(tmp_path, extra_rows=[["BAD1", "images/none.jpg", "ACGT", "", "", "", "", "val", "x"]])
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    with open(path, "a", newline="") as fh:
+        csv.writer(fh).writerow(["BAD2", "broken.jpg", "ACGT", "", "", "", "", "val", "x"])
+    out = tmp_path / "custom.hdf5"
+    proc = run_cli(
+        "build-hdf5", "custom", "--manifest", str(path), "--out", str(out), "--text-tokenizer", "bioclip-sample"
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = _sample_rows()
+    report = json.loads(Path(str(out) + ".report.json").read_text())
+    assert report["problems"]["missing_image"]["ids"] == ["BAD1"]
+    assert report["problems"]["bad_image"]["ids"] == ["BAD2"]
+    with h5py.File(out) as f:
+        for group, splits in GROUPS_5M.items():
+            expected = [r["processid"] for r in rows if r["split"] in splits]
+            assert [x.decode() for x in f[group]["processid"][:]] == expected, group
+            assert report["groups"][group] == len(expected)
+        first = next(r for r in rows if r["split"] == "val")
+        g = f["val_seen"]
+        image = (tmp_path / _image_rel(first)).read_bytes()
+        assert bytes(g["image"][0][: g["image_mask"][0]]) == image  # the JPEG bytes as they are
+        assert g["barcode"][0].decode() == first["dna_barcode"]
+        assert g["species"][0].decode() == (first["species"] or "not_classified")
+        assert g["country"][0].decode() == "Canada"  # extra columns kept
+        assert g["language_tokens_input_ids"].shape == (len(g["processid"]), 20)
+    again = run_cli("build-hdf5", "custom", "--manifest", str(path), "--out", str(out))
+    assert again.returncode != 0 and "already exists" in again.stderr
+
+
+def test_build_custom_draws_a_1m_partition_and_leaves_nothing_on_failure(tmp_path):
+    path = write_sample_manifest(tmp_path, with_split=False)
+    out = tmp_path / "drawn.hdf5"
+    with pytest.raises(BioclipError, match="no split column"):
+        build_custom(path, out)
+    with pytest.raises(BioclipError, match="needs --seed"):
+        build_custom(path, out, split_rule="1m")
+    assert not out.exists() and not list(tmp_path.glob(".drawn.hdf5.*"))
+    report = build_custom(path, out, split_rule="1m", seed=3)
+    species = [r["species"] for r in _sample_rows()]
+    expected = partition_1m(species, 3)
+    ids = [r["processid"] for r in _sample_rows()]
+    with h5py.File(out) as f:
+        for group, index in expected.items():
+            assert [x.decode() for x in f[group]["processid"][:]] == [ids[i] for i in index.tolist()]
+    assert report.groups["no_split"] == sum(1 for s in species if not s)
+    with h5py.File(out) as f:
+        assert int(f.attrs["seed"]) == 3 and f.attrs["split_rule"] == "1m"
