@@ -186,3 +186,50 @@ def vectors_from_arrays(
         features[name] = (np.ones(n, dtype=bool), vecs / np.where(norms > 0, norms, 1))
     return SpecimenVectors(list(ids), {lv: list(v) for lv, v in taxonomy.items()}, features, model_fingerprint,
                            checkpoint_sha256, list(sources))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------- other formats
+
+
+def write_npz(path: str | Path, vectors: SpecimenVectors) -> Path:
+    """numpy's archive of arrays (`numpy.load(path)`): ids, the taxonomy levels, and per feature `<name>`
+    [N, d] with `<name>_rows` (which rows have it)."""
+    arrays = {"ids": np.array(vectors.ids, dtype=str)}
+    arrays.update(
+        {lv: np.array(vectors.taxonomy.get(lv) or [NOT_CLASSIFIED] * len(vectors), dtype=str) for lv in LEVELS}
+    )
+    for name, (rows, vecs) in vectors.features.items():
+        arrays[name] = vecs
+        arrays[f"{name}_rows"] = rows
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    return Path(path)
+
+
+def write_parquet(path: str | Path, vectors: SpecimenVectors) -> Path:
+    """A Parquet table: an `id` column, the taxonomy levels, and one list<float32> column per feature (null
+    where a specimen lacks it). Needs pyarrow (`pip install "bioscan-clip[parquet]"`)."""
+    from bioclip_cli.errors import BioclipError
+
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise BioclipError(
+            "--format parquet needs the pyarrow package, which is not installed",
+            'pip install "bioscan-clip[parquet]"  (or use --format hdf5 or npy)',
+        ) from None
+    columns = {"id": pa.array(vectors.ids, pa.string())}
+    for lv in LEVELS:
+        columns[lv] = pa.array(vectors.taxonomy.get(lv) or [NOT_CLASSIFIED] * len(vectors), pa.string())
+    for name, (rows, vecs) in vectors.features.items():
+        d = vecs.shape[1]
+        flat = pa.array(np.ascontiguousarray(vecs, dtype=np.float32).reshape(-1), pa.float32())
+        offsets = pa.array(np.arange(0, (len(vecs) + 1) * d, d, dtype=np.int32))
+        lists = pa.ListArray.from_arrays(offsets, flat, mask=pa.array(~rows))
+        columns[name] = lists
+    table = pa.table(columns)
+    with atomic_output(path) as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)
