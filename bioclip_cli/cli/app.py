@@ -20,6 +20,7 @@ from bioclip_cli.cli import (
     embed,
     eval,
     inspect,
+    library,
     predict,
     presets,
     split,
@@ -81,6 +82,8 @@ for module, name in [
     app.command(name=name, epilog=module.EXAMPLES, no_args_is_help=getattr(module, "NO_ARGS_IS_HELP", False))(
         module.command
     )
+
+app.add_typer(library.app, name="library")
 
 
 def main(argv: list[str] | None = None) -> None:

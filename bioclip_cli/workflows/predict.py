@@ -36,6 +36,7 @@ from bioclip_cli.data.embedding_file import FEATURE_DATASETS, embedding_file_pat
 from bioclip_cli.data.fasta import barcode_problem, clean_barcode, read_fasta
 from bioclip_cli.data.taxonomy import NOT_CLASSIFIED
 from bioclip_cli.errors import BioclipError, DataError
+from bioclip_cli.models.device import resolve_device
 from bioclip_cli.workflows.run_dir import resolve_run, run_checkpoint
 
 KEY_FEATURES: tuple[str, ...] = ("auto", "image", "dna", "text", "avg", "all")
@@ -219,30 +220,6 @@ def consensus(neighbors: Sequence[dict], levels: Sequence[str] = LEVELS) -> dict
 
 
 # ---------------------------------------------------------------------------------------------- core
-
-
-def resolve_device(device: str | None):
-    """A torch device: the one asked for, or the best available (cuda, mps, cpu)."""
-    import torch
-
-    if device is None or device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise BioclipError(f"unknown device {device!r}", "use cpu, cuda, cuda:N or mps") from None
-    available = {
-        "cpu": True,
-        "cuda": torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count(),
-        "mps": torch.backends.mps.is_available(),
-    }.get(dev.type, False)
-    if not available:
-        raise BioclipError(f"device {device!r} is not available on this machine", "use --device cpu")
-    return dev
 
 
 def _check_embeddings_source(run_root: Path, checkpoint: Path, h5_path: Path, split: str, notes: list[str]) -> None:
