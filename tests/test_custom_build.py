@@ -204,3 +204,68 @@ def test_build_custom_draws_a_1m_partition_and_leaves_nothing_on_failure(tmp_pat
     assert report.groups["no_split"] == sum(1 for s in species if not s)
     with h5py.File(out) as f:
         assert int(f.attrs["seed"]) == 3 and f.attrs["split_rule"] == "1m"
+
+
+# ------------------------------------------------------------------- embed your specimens, libraries
+
+
+@pytest.mark.slow
+def test_embed_a_manifest_and_build_libraries(demo_run, tmp_path):
+    """The demo run embeds a manifest of the sample (ids and taxonomy round-trip); a library made of it and one
+    made of the run's own exported keys carry the same model fingerprint and merge; vectors of another model
+    are refused."""
+    from bioclip_cli.data.specimen_file import read_specimen_file
+
+    run = demo_run["out"]
+    path = write_sample_manifest(tmp_path / "m")
+    emb = tmp_path / "specimens.h5"
+    proc = run_cli("embed", "--run", str(run), "--manifest", str(path), "--out", str(emb))
+    assert proc.returncode == 0, proc.stderr
+    vec = read_specimen_file(emb)
+    rows = _sample_rows()
+    assert vec.ids == [r["processid"] for r in rows]
+    assert vec.taxonomy["species"] == [r["species"] or "not_classified" for r in rows]
+    assert set(vec.features) == {"image", "dna", "avg"} and all(r.all() for r, _ in vec.features.values())
+    norms = np.linalg.norm(vec.features["image"][1], axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+
+    keys_lib = tmp_path / "keys.h5"
+    published = run / "embeddings" / "extracted_feature_from_val_split.hdf5"
+    proc = run_cli("library", "build", "--from", str(published), "--out", str(keys_lib))
+    assert proc.returncode == 0, proc.stderr
+    keys = read_specimen_file(keys_lib)
+    assert keys.model_fingerprint == vec.model_fingerprint != ""
+    with h5py.File(published) as f:
+        assert len(keys) == f["key"]["encoded_image_feature"].shape[0]
+
+    # the manifest's own key rows embed like the run's exported keys (same model, same pixels)
+    position = {sid: i for i, sid in enumerate(vec.ids)}
+    shared = [i for i, sid in enumerate(keys.ids) if sid in position][:5]
+    assert shared
+    for i in shared:
+        np.testing.assert_allclose(
+            keys.features["image"][1][i], vec.features["image"][1][position[keys.ids[i]]], atol=2e-5
+        )
+
+    merged = tmp_path / "merged.h5"
+    other = tmp_path / "fasta.h5"
+    fasta = tmp_path / "b.fasta"
+    fasta.write_text(">new1\n" + rows[0]["dna_barcode"] + "\n")
+    assert run_cli("embed", "--run", str(run), "--fasta", str(fasta), "--out", str(other)).returncode == 0
+    proc = run_cli("library", "build", "--from", str(emb), "--from", str(other), "--out", str(merged))
+    assert proc.returncode == 0, proc.stderr
+    lib = read_specimen_file(merged)  # photos + barcodes, then a barcode alone: it has no image row
+    assert lib.ids == [*vec.ids, "new1"] and lib.features["image"][0].tolist() == [True] * len(vec) + [False]
+    assert lib.features["dna"][0].all()
+    untrained = tmp_path / "untrained.h5"
+    proc = run_cli("embed", "--preset", "demo", "--fasta", str(fasta), "--out", str(untrained), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("library", "build", "--from", str(other), "--from", str(untrained), "--out", str(merged))
+    assert proc.returncode != 0 and "another model" in proc.stderr
+    proc = run_cli(
+        "embed", "--run", str(run), "--fasta", str(fasta), "--out", str(tmp_path / "x.npz"), "--format", "npy"
+    )
+    assert proc.returncode == 0, proc.stderr
+    npz = np.load(tmp_path / "x.npz")
+    assert npz["ids"].tolist() == ["new1"] and npz["dna"].shape[0] == 1
+    np.testing.assert_allclose(npz["dna"][0], lib.features["dna"][1][-1], atol=1e-6)

@@ -106,6 +106,9 @@ def test_merge_refuses_other_models_and_duplicate_ids():
     a, b = _vectors(ids=("a", "b")), _vectors(ids=("c", "d"))
     merged = merge_specimen_files([a, b], ["A", "B"])
     assert merged.ids == ["a", "b", "c", "d"] and merged.features["image"][1].shape == (4, 4)
+    b.features.pop("image")  # a part without photos: its rows have no image
+    merged = merge_specimen_files([a, b], ["A", "B"])
+    assert merged.features["image"][0].tolist() == [True, True, False, False]
     with pytest.raises(DataError, match="another model"):
         merge_specimen_files([a, _vectors("0" * 64, ids=("c", "d"))], ["A", "B"])
     with pytest.raises(DataError, match="more than one input"):

@@ -160,11 +160,15 @@ def merge_specimen_files(parts: Sequence[SpecimenVectors], names: Sequence[str])
         )
     taxonomy = {lv: [n for p in parts for n in (p.taxonomy.get(lv) or [NOT_CLASSIFIED] * len(p))] for lv in LEVELS}
     features = {}
-    for name in FEATURES:
-        if all(name in p.features for p in parts):
-            rows = np.concatenate([p.features[name][0] for p in parts])
-            vecs = np.concatenate([p.features[name][1] for p in parts])
-            features[name] = (rows, vecs)
+    for name in FEATURES:  # a feature some parts lack is kept: their rows are marked as not having it
+        widths = {p.features[name][1].shape[1] for p in parts if name in p.features}
+        if len(widths) > 1:
+            raise DataError(names[0], f"the inputs' {name} embeddings have different widths {sorted(widths)}")
+        if widths:
+            (d,) = widths
+            rows = [p.features[name][0] if name in p.features else np.zeros(len(p), bool) for p in parts]
+            vecs = [p.features[name][1] if name in p.features else np.zeros((len(p), d), np.float32) for p in parts]
+            features[name] = (np.concatenate(rows), np.concatenate(vecs))
     sources = [s for p, n in zip(parts, names) for s in (p.sources or [str(n)])]
     return SpecimenVectors(ids, taxonomy, features, first.model_fingerprint, first.checkpoint_sha256, sources)
 
