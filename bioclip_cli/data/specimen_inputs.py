@@ -39,9 +39,10 @@ class Specimen:
         return "image" if self.image is not None else "dna"
 
 
-def expand_image_paths(paths: Sequence[str | Path]) -> list[Path]:
+def expand_image_paths(paths: Sequence[str | Path], missing_ok: bool = False) -> list[Path]:
     """Image files from files, folders (recursive, by extension) and globs, in the order given (each folder
-    and glob sorted); DataError for a path that matches nothing."""
+    and glob sorted); DataError for a path that matches nothing (`missing_ok`: a plain path that does not
+    exist is kept, for a caller that reports it per input)."""
     found: list[Path] = []
     for raw in paths:
         text = str(raw)
@@ -62,7 +63,7 @@ def expand_image_paths(paths: Sequence[str | Path]) -> list[Path]:
                     path, f"folder {path} holds no image files", f"looked for {', '.join(IMAGE_EXTENSIONS)}"
                 )
             found += files
-        elif path.exists():
+        elif path.exists() or missing_ok:
             found.append(path)
         else:
             raise DataError(path, f"{path} does not exist", "give image files, folders or glob patterns")
