@@ -8,7 +8,18 @@ from typing import Annotated, Literal
 
 import typer
 
-from bioclip_cli.cli.options import CheckpointOpt, ConfigOpt, OutDirOpt, PresetOpt, RunOpt, SetOpt, SplitOpt, examples
+from bioclip_cli.cli.options import (
+    CheckpointOpt,
+    ConfigOpt,
+    OutDirOpt,
+    OutputOpt,
+    PresetOpt,
+    RunOpt,
+    SetOpt,
+    SplitOpt,
+    WhichOpt,
+    examples,
+)
 
 EXAMPLES = examples(
     "bioclip embed --run runs/idt-5m",
@@ -30,9 +41,9 @@ def command(
     set_: SetOpt = None,
     split: SplitOpt = "val",
     out: OutDirOpt = None,
-    which: Annotated[str, typer.Option("--which", help="Checkpoint of the run to use: best or last.")] = "best",
+    which: WhichOpt = "best",
     dtype: Annotated[
-        str | None,
+        Literal["float32", "float64"] | None,
         typer.Option(
             "--dtype",
             help="float32, or float64 (as the released files). Default: eval.dtype (float32).",
@@ -48,14 +59,20 @@ def command(
         Path | None,
         typer.Option("--manifest", help="A CSV/TSV of specimens (id,image,barcode,order,family,genus,species).", show_default=False),
     ] = None,
-    file_format: Annotated[
-        Literal["hdf5", "npy", "parquet"],
-        typer.Option("--format", help="With --images/--fasta/--manifest: the output file format."),
-    ] = "hdf5",
     per_split: Annotated[
         bool,
         typer.Option("--per-split", help="Every group of the dataset, one extracted_features_of_{group}.hdf5 each."),
     ] = False,
+    format: Annotated[
+        Literal["table", "json", "csv", "hdf5", "npy", "parquet"],
+        typer.Option(
+            "--format",
+            "-f",
+            help="How the summary prints: table, json or csv (stdout, or --output). With --images/--fasta/--manifest "
+            "also the file written to --out: hdf5 (default), npy (a numpy .npz archive) or parquet.",
+        ),
+    ] = "table",
+    output_file: OutputOpt = None,
 ) -> None:
     """Encode the query groups and all_keys with every modality of the model; write the published HDF5 + labels JSON.
 
@@ -71,8 +88,12 @@ def command(
         out=None if specimens_given else out,
     )  # fmt: skip
     if specimens_given:
-        _embed_specimens(plan, images, fasta, manifest, out, file_format)
+        _embed_specimens(plan, images, fasta, manifest, out, format if format in ("npy", "parquet") else "hdf5")
         return
+    if format in ("hdf5", "npy", "parquet"):
+        from bioclip_cli.errors import BioclipError
+
+        raise BioclipError(f"--format {format} is for --images/--fasta/--manifest", "use --format table, json or csv")
     if per_split:
         from bioclip_cli.workflows.embed import embed_per_split
 
@@ -87,7 +108,14 @@ def command(
          "status": "encoded" if role in result.encoded else "already complete"}
         for role in ("seen", "unseen", "key")
     ]  # fmt: skip
-    output.print_table(rows, title=f"{result.split} embeddings of {plan.description}")
+    output.emit(
+        rows,
+        format,
+        output_file,
+        title=f"{result.split} embeddings of {plan.description}",
+        json_obj={"split": result.split, "model": plan.description, "embeddings": str(result.h5_path),
+                  "labels": str(result.labels_path), "groups": rows},
+    )  # fmt: skip
     if result.encoded:
         output.success(
             f"wrote {result.h5_path} and {result.labels_path.name} "

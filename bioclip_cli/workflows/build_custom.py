@@ -21,11 +21,13 @@ import numpy as np
 
 from bioclip_cli import __version__
 from bioclip_cli.atomic_write import atomic_output, write_text
-from bioclip_cli.data.build_raw import GROUPS_5M, ProblemLog, check_jpeg
+from bioclip_cli.data.build_raw import GROUPS_5M
 from bioclip_cli.data.build_report import BuildReport
 from bioclip_cli.data.hdf5_writer import BioscanH5Writer
 from bioclip_cli.data.manifest import ManifestRow, read_manifest
 from bioclip_cli.data.partition_1m import partition_1m
+from bioclip_cli.data.raw_images import check_jpeg
+from bioclip_cli.data.raw_problems import ProblemLog
 from bioclip_cli.data.taxonomy import LEVELS, NOT_CLASSIFIED, load_text_tokenizer, taxonomy_strings, tokenize_taxonomy
 from bioclip_cli.errors import BioclipError, DataError
 from bioclip_cli.progress import progress_bar

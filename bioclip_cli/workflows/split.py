@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bioclip_cli.atomic_write import write_text
-from bioclip_cli.data.build_raw import METADATA_1M_NAME, Table
+from bioclip_cli.data.build_raw import METADATA_1M_NAME
 from bioclip_cli.data.partition_1m import GROUPS_1M_PARTITION, partition_1m, partition_counts
+from bioclip_cli.data.raw_metadata import Table
 from bioclip_cli.errors import BioclipError, DataError
 
 SUMMARY_FILE = "partition.json"
