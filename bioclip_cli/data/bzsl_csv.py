@@ -7,7 +7,7 @@
 
 Both are what `numpy.savetxt(path, matrix, delimiter=",")` writes (format `%.18e`, one matrix row per
 line), so files written here run in the original BZSL code and the released pre-extracted files run in
-ours. numpy's own writer and reader are used; the docs (docs/method.md, "The INSECT dataset") describe
+ours. numpy's own writer and reader are used; the docs (docs/method.md, "INSECT dataset") describe
 where the embeddings come from.
 """
 

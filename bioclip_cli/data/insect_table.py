@@ -7,7 +7,7 @@ INSECT embedding file follows). Columns, no index column::
 
 `labels` are 0-based class ids (the .mat file's 1-based labels minus one); the last five columns are 0/1
 flags naming the splits a row belongs to (the .mat `*_loc` index lists turned into masks). The splits and
-their sizes are described in docs/method.md, "The INSECT dataset".
+their sizes are described in docs/method.md, "INSECT dataset".
 
 The standard `csv` module reads and writes it (fields such as species names may hold commas and are
 quoted as needed); no dataframe library is needed for ten columns.
