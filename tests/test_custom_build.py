@@ -269,3 +269,51 @@ def test_embed_a_manifest_and_build_libraries(demo_run, tmp_path):
     npz = np.load(tmp_path / "x.npz")
     assert npz["ids"].tolist() == ["new1"] and npz["dna"].shape[0] == 1
     np.testing.assert_allclose(npz["dna"][0], lib.features["dna"][1][-1], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_predict_against_your_own_library(demo_run, tmp_path):
+    """A manifest of the sample's key specimens -> library with the demo run -> predict a folder of their photos
+    with --keys: each photo's top-1 is itself (id and taxonomy come back); --log records the model; a library made
+    by another model is refused."""
+    from bioclip_cli.models.fingerprint import file_sha256
+
+    run = demo_run["out"]
+    rows = [r for r in _sample_rows() if r["split"] in ("train", "key_unseen")][:12]
+    (tmp_path / "m").mkdir()
+    path = write_sample_manifest(tmp_path / "m")
+    lib_manifest = tmp_path / "m" / "keys.csv"
+    with open(path) as fh, open(lib_manifest, "w", newline="") as out:
+        reader, writer = csv.reader(fh), csv.writer(out)
+        writer.writerow(next(reader))
+        wanted = {r["processid"] for r in rows}
+        writer.writerows(cells for cells in reader if cells[0] in wanted)
+    lib = tmp_path / "lib.h5"
+    proc = run_cli("library", "build", "--manifest", str(lib_manifest), "--run", str(run), "--out", str(lib))
+    assert proc.returncode == 0, proc.stderr
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for r in rows[:3]:
+        shutil.copy(tmp_path / "m" / _image_rel(r), photos / f"{r['processid']}.jpg")
+    log = tmp_path / "provenance.json"
+    proc = run_cli("predict", str(photos), "--run", str(run), "--keys", str(lib), "--k", "3", "--format", "json",
+                   "--log", str(log))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["n_keys"] == 12 and len(result["predictions"]) == 3
+    for p, r in zip(result["predictions"], sorted(rows[:3], key=lambda r: r["processid"])):
+        top = p["neighbors"][0]
+        assert p["id"].endswith(f"{r['processid']}.jpg") and top["sample_id"] == r["processid"]
+        assert top["similarity"] == pytest.approx(1.0, abs=1e-5)
+        assert top["species"] == (r["species"] or "not_classified")
+    record = json.loads(log.read_text())
+    assert record["checkpoint_sha256"] == file_sha256(run / "checkpoints" / "best" / "model.safetensors")
+    assert record["model_fingerprint"] == record["references_model_fingerprint"] and record["n_references"] == 12
+    assert "--keys" in record["arguments"] and len(record["inputs"]) == 3
+
+    other = tmp_path / "other.h5"
+    proc = run_cli("library", "build", "--manifest", str(lib_manifest), "--preset", "demo", "--out", str(other),
+                   cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("predict", str(photos), "--run", str(run), "--keys", str(other))
+    assert proc.returncode != 0 and "another model" in proc.stderr and "Traceback" not in proc.stderr

@@ -161,3 +161,28 @@ def test_encode_specimens_matches_the_dataset_path(sample_h5, tmp_path):
     assert fp == model_fingerprint(cfg, None) and fp != model_fingerprint(
         load_config("tiny", [], ["train.seed=5"]), None
     )
+
+
+def test_reference_index_picks_flat_or_ivf_and_checks_recall(monkeypatch):
+    from bioclip_cli.retrieval import reference_library
+    from bioclip_cli.retrieval.reference_library import ReferenceIndex
+    from bioclip_cli.retrieval.search import FlatIndex
+
+    rng = np.random.default_rng(1)
+    vecs = rng.normal(size=(3000, 16)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    rows = np.ones(3000, bool)
+    rows[::10] = False  # a tenth of the specimens have no image: library rows are mapped back
+    ref = SpecimenVectors([f"s{i}" for i in range(3000)], {}, {"image": (rows, vecs)}, "f")
+    queries = vecs[rows][:50] + 0.01 * rng.normal(size=(50, 16)).astype(np.float32)
+    exact = ReferenceIndex(ref, "image")
+    assert exact.kind == "flat"
+    _, got = exact.search(queries, 5)
+    _, want = FlatIndex(vecs[rows]).search(queries, 5)
+    np.testing.assert_array_equal(got, np.flatnonzero(rows)[want])
+    monkeypatch.setattr(reference_library, "AUTO_IVF_KEYS", 1000)
+    approx = ReferenceIndex(ref, "image")
+    assert approx.kind == "ivf"
+    _, found = approx.search(queries, 5)
+    assert approx.notes and "recall@5" in approx.notes[0]
+    assert (found[:, 0] == got[:, 0]).mean() > 0.9
