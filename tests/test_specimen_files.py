@@ -186,3 +186,24 @@ def test_reference_index_picks_flat_or_ivf_and_checks_recall(monkeypatch):
     _, found = approx.search(queries, 5)
     assert approx.notes and "recall@5" in approx.notes[0]
     assert (found[:, 0] == got[:, 0]).mean() > 0.9
+
+
+def test_embed_per_split_writes_every_group(sample_h5, tmp_path):
+    from conftest import run_cli
+
+    out = tmp_path / "per_split"
+    proc = run_cli("embed", "--preset", "tiny", "--set", f"data.hdf5={sample_h5}", "--per-split", "--out", str(out),
+                   cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(sample_h5) as src:
+        groups = list(src)
+        assert sorted(p.name for p in out.glob("extracted_features_of_*.hdf5")) == sorted(
+            f"extracted_features_of_{g}.hdf5" for g in groups
+        )
+        for g in ("val_seen", "all_keys"):
+            with h5py.File(out / f"extracted_features_of_{g}.hdf5") as f:
+                n = len(src[g]["processid"])
+                assert f["encoded_image_feature"].dtype == np.float64 and f["encoded_image_feature"].shape[0] == n
+                assert f["encoded_dna_feature"].shape[0] == n and f["encoded_language_feature"].shape[0] == n
+                assert f["processid"][()].tolist() == src[g]["processid"][()].tolist()
+                assert f["species_list"][()].tolist() == [s if s else b"not_classified" for s in src[g]["species"][()]]
