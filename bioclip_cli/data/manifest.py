@@ -28,20 +28,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bioclip_cli.data.build_raw import SPLITS_5M
 from bioclip_cli.data.dna import strip_gaps
 from bioclip_cli.data.taxonomy import LEVELS, clean_rank
 from bioclip_cli.errors import DataError
 
-SPLITS_5M_VALUES: tuple[str, ...] = (
-    "pretrain",
-    "train",
-    "val",
-    "test",
-    "key_unseen",
-    "val_unseen",
-    "test_unseen",
-    "other_heldout",
-)
+SPLITS_5M_VALUES = SPLITS_5M  # the split column's values (mapped to groups as for BIOSCAN-5M)
 KNOWN_COLUMNS: tuple[str, ...] = ("id", "image", "barcode", *LEVELS, "split")
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg")
 _BARCODE_LETTERS = set("ACGTN")

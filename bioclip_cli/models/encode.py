@@ -128,7 +128,7 @@ def prepare_image(path: Path, transform) -> tuple[torch.Tensor | None, str | Non
     from PIL import Image, UnidentifiedImageError
 
     try:
-        data = Path(path).read_bytes()
+        data = path.read_bytes()
     except FileNotFoundError:
         return None, f"photograph {path} does not exist"
     except IsADirectoryError:
@@ -140,9 +140,9 @@ def prepare_image(path: Path, transform) -> tuple[torch.Tensor | None, str | Non
     try:
         return transform(data), None
     except Image.DecompressionBombError:
-        return None, f"{path} is too large an image to decode safely"
+        return None, f"{path} is too large an image for Pillow to decode safely"
     except UnidentifiedImageError:
-        return None, f"{path} is not an image file (no image format recognised)"
+        return None, f"{path} is not an image file (Pillow recognises no image format in it)"
     except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt image data, bad headers
         return None, f"{path} is a damaged image ({exc})"
 

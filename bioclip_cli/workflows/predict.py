@@ -42,6 +42,7 @@ from bioclip_cli.data.fasta import barcode_problem, clean_barcode, read_fasta
 from bioclip_cli.data.taxonomy import NOT_CLASSIFIED
 from bioclip_cli.errors import BioclipError, DataError
 from bioclip_cli.models.device import resolve_device
+from bioclip_cli.models.encode import prepare_image
 from bioclip_cli.workflows.run_dir import resolve_run, run_checkpoint
 
 KEY_FEATURES: tuple[str, ...] = ("auto", "image", "dna", "text", "avg", "all")
@@ -198,30 +199,6 @@ def collect_inputs(
     return [QueryInput(name, dna=seq, dna_name=name, id=name) for name, seq in barcodes]
 
 
-def _image_tensor(path: Path, transform):
-    """The eval-transformed photograph, or the reason it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None, f"photograph {path} does not exist"
-    except IsADirectoryError:
-        return None, f"{path} is a folder, not a photograph"
-    except OSError as exc:
-        return None, f"cannot read {path} ({exc.strerror or exc})"
-    if not data:
-        return None, f"{path} is empty"
-    try:
-        return transform(data), None
-    except Image.DecompressionBombError:
-        return None, f"{path} is too large an image for Pillow to decode safely"
-    except UnidentifiedImageError:
-        return None, f"{path} is not an image file (Pillow recognises no image format in it)"
-    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt image data, bad headers
-        return None, f"{path} is a damaged image ({exc})"
-
-
 # ----------------------------------------------------------------------------------------- consensus
 
 
@@ -277,7 +254,7 @@ def _prepare(inputs: list[QueryInput], cfg) -> tuple[list[Prediction], dict, dic
     for i, q in enumerate(inputs):
         problems = []
         if q.image is not None:
-            tensor, problem = _image_tensor(q.image, transform)
+            tensor, problem = prepare_image(q.image, transform)
             if problem:
                 problems.append(problem)
             else:
@@ -452,15 +429,21 @@ def predict(
     _check_modalities(cfg, inputs, rd.root)
     notes: list[str] = []
     _check_embeddings_source(rd.root, checkpoint, h5_path, split, notes)
+    predictions, feats = _prepared_and_embedded(inputs, cfg, checkpoint, device, batch_size)
+    with read_embedding_file(h5_path, labels_path) as ef:
+        n_keys = _search(predictions, feats, ef, key, k, device, rd.root)
+    return PredictResult(rd.root, checkpoint, h5_path, n_keys, k, predictions, notes)
+
+
+def _prepared_and_embedded(inputs, cfg, checkpoint, device, batch_size) -> tuple[list[Prediction], dict]:
+    """Predictions to fill (with each unusable input's error) and the embeddings of the usable inputs."""
     predictions, pixels, barcodes = _prepare(inputs, cfg)
     valid = {i for i, p in enumerate(predictions) if p.ok}
     feats = _embed(
         cfg, checkpoint, device, batch_size,
         {i: x for i, x in pixels.items() if i in valid}, {i: s for i, s in barcodes.items() if i in valid},
     )  # fmt: skip
-    with read_embedding_file(h5_path, labels_path) as ef:
-        n_keys = _search(predictions, feats, ef, key, k, device, rd.root)
-    return PredictResult(rd.root, checkpoint, h5_path, n_keys, k, predictions, notes)
+    return predictions, feats
 
 
 def _check_modalities(cfg, inputs: list[QueryInput], root: Path) -> None:
@@ -481,12 +464,7 @@ def _predict_against_library(rd, cfg, checkpoint, inputs, keys, *, k, key, devic
     sha = checkpoint_sha256(checkpoint)
     fingerprint = model_fingerprint(cfg, checkpoint, sha)
     notes = [n for n in [check_same_model(reference, fingerprint, str(keys))] if n]
-    predictions, pixels, barcodes = _prepare(inputs, cfg)
-    valid = {i for i, p in enumerate(predictions) if p.ok}
-    feats = _embed(
-        cfg, checkpoint, device, batch_size,
-        {i: x for i, x in pixels.items() if i in valid}, {i: s for i, s in barcodes.items() if i in valid},
-    )  # fmt: skip
+    predictions, feats = _prepared_and_embedded(inputs, cfg, checkpoint, device, batch_size)
     notes += _search_reference(predictions, feats, reference, key, k, device, index)
     result = PredictResult(rd.root, checkpoint, Path(keys), len(reference), k, predictions, notes)
     result.model_fingerprint, result.checkpoint_sha256 = fingerprint, sha
