@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from bioclip_cli.cli.options import RunOpt, SplitOpt, examples
+from bioclip_cli.cli.options import FormatOpt, OutputOpt, RunOpt, SplitOpt, examples
 
 EXAMPLES = examples(
     "bioclip plot map --run runs/demo --out map.png",
@@ -31,11 +31,6 @@ SizeOpt = Annotated[
     typer.Option("--size", help="column: a paper column, 3.5 in at 300 dpi; screen: 10 in at 100 dpi."),
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the map projection and of the query choice.")]
-FormatOpt = Annotated[Literal["table", "json", "csv"], typer.Option("--format", help="How to print the files written.")]
-OutputOpt = Annotated[
-    Path | None,
-    typer.Option("--output", help="Also write the list of files written (.json: JSON, else CSV).", show_default=False),
-]
 QueryOpt = Annotated[Literal["image", "dna", "text", "avg", "concat"], typer.Option("--query", help="Query feature.")]
 KeyOpt = Annotated[Literal["image", "dna", "text", "avg", "concat"], typer.Option("--key", help="Key feature.")]
 
@@ -43,20 +38,10 @@ KeyOpt = Annotated[Literal["image", "dna", "text", "avg", "concat"], typer.Optio
 def _report(result, format: str, output_file: Path | None) -> None:
     from bioclip_cli.cli import output
 
-    rows = [{"what": "figure", "path": str(result.figure)}, {"what": "drawn data", "path": str(result.data)}]
     for note in result.notes:
         output.warning(note)
-    if format == "json":
-        output.console.print_json(data=rows)
-    elif format == "csv":
-        output.console.print("what,path\n" + "\n".join(f"{r['what']},{r['path']}" for r in rows), highlight=False)
-    else:
-        output.print_table(rows, title="Written", fold=True)
-    if output_file is not None:
-        if output_file.suffix.lower() == ".json":
-            output.write_json(output_file, rows)
-        else:
-            output.write_csv(output_file, rows)
+    rows = [{"what": "figure", "path": str(result.figure)}, {"what": "drawn data", "path": str(result.data)}]
+    output.emit(rows, format, output_file, title="Written", fold=True)
 
 
 @app.command("map", epilog=EXAMPLES)
