@@ -182,7 +182,8 @@ def plot_map(
         ids = [str(ids[r]) for r in rows] if ids is not None else [f"row {r}" for r in rows]
     xy = project(vectors, method, seed)
     where = ", ".join(f"{k}={v}" for k, v in parse_within(within).items())
-    title = f"{group} {split} queries{' in ' + where if where else ''}: top {len(ranked)} {level}"
+    rows_name = f"{split} keys" if group == "key" else f"{group} {split} queries"
+    title = f"{rows_name}{' in ' + where if where else ''}: top {len(ranked)} {level}"
     fig = draw_map(xy, taxa, mods, order=[name for name, _ in ranked], size=size, title=title, method=method)
     points = [
         {"id": ids[i % len(rows)], "taxon": str(taxa[i]), "modality": str(mods[i]),
