@@ -130,7 +130,9 @@ def hybrid_accuracy(
     cell = {}
     for split in SPLITS:
         if split in lists and lists[split].n > 0:
-            cell[split] = topk_accuracy_of_labels(hybrid_labels(lists[split], tau, levels), lists[split].true, ks, levels)
+            cell[split] = topk_accuracy_of_labels(
+                hybrid_labels(lists[split], tau, levels), lists[split].true, ks, levels
+            )
     if all(s in cell for s in SPLITS):
         cell["harmonic_mean"] = harmonic_means(cell["seen"], cell["unseen"])
     return cell
