@@ -19,6 +19,7 @@ from bioclip_cli.cli import (
     download,
     embed,
     eval,
+    finetune_classifier,
     inspect,
     predict,
     presets,
@@ -75,6 +76,7 @@ for module, name in [
     (inspect, "inspect"),
     (demo, "demo"),
     (predict, "predict"),
+    (finetune_classifier, "finetune-classifier"),
 ]:
     app.command(name=name, epilog=module.EXAMPLES, no_args_is_help=getattr(module, "NO_ARGS_IS_HELP", False))(
         module.command
