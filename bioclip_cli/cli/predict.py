@@ -14,6 +14,7 @@ EXAMPLES = examples(
     "bioclip predict a.jpg b.jpg --run runs/idt-5m --k 5 --format csv --output predictions.csv",
     "bioclip predict --dna-fasta barcodes.fasta --run runs/idt-5m --format json",
     "bioclip predict photo.jpg --dna ACGT... --run runs/idt-5m   # photograph + its barcode, averaged",
+    "bioclip predict specimen.jpg --run runs/idt-5m --novelty auto   # say which levels look new",
 )
 
 
@@ -29,6 +30,10 @@ def _table(result) -> None:
         votes = {lv: f"{c['label']} ({c['votes']}/{len(p.neighbors)})" for lv, c in p.consensus.items()}
         rows.append({"rank": "", "similarity": "", "sample id": "consensus (votes)", **votes})
         output.print_table(rows, title=f"{p.input}  ({p.query} query vs {p.key} keys)")
+        if p.novelty:
+            from bioclip_cli.workflows.predict import novelty_summary
+
+            output.console.print(f"{p.input}: {novelty_summary(p)}", markup=False, highlight=False)
         for note in p.notes:
             output.warning(f"{p.input}: {note}")
 
@@ -68,6 +73,14 @@ def command(
     device: DeviceOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Inputs embedded per batch.")] = 32,
     which: Annotated[str, typer.Option("--which", help="Checkpoint of the run: best or last.")] = "best",
+    novelty: Annotated[
+        str,
+        typer.Option(
+            "--novelty",
+            help="New-taxon calls per level: auto (thresholds calibrated on the run's validation split, kept in "
+            "RUN/results/novelty.json), off, or one similarity threshold.",
+        ),
+    ] = "off",
 ) -> None:
     """Embed photographs and/or barcodes with a run's model and list the k nearest reference specimens of its keys.
 
@@ -84,7 +97,8 @@ def command(
         raise BioclipError("--run is required: the run whose model and key embeddings identify the specimens",
                            "bioclip predict specimen.jpg --run runs/demo")  # fmt: skip
     result = predict(
-        run, images or [], dna or [], dna_fasta, k=k, key=key, device=device, batch_size=batch_size, which=which
+        run, images or [], dna or [], dna_fasta, k=k, key=key, device=device, batch_size=batch_size, which=which,
+        novelty=novelty,
     )
     for note in result.notes:
         output.warning(note)

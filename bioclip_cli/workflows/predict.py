@@ -18,6 +18,13 @@ neighbours whose label there is `not_classified` do not vote. The label with mos
 the label whose voters have the larger summed similarity, and a remaining tie to the label of the nearer
 neighbour. With no vote at all the consensus is `not_classified`. Votes are reported with it (e.g. 4/5).
 
+New taxa (`novelty`, off by default): per level, a specimen is called *new* when the similarity of its
+nearest reference is below that level's threshold (:mod:`bioclip_cli.retrieval.novelty`). `novelty="auto"`
+takes the thresholds calibrated on the run's validation queries (seen and unseen species, against the keys
+without the unseen species), computed once per query/key feature pair and kept in `results/novelty.json`
+with their validation precision and recall (recomputed when the embeddings change); a number is one
+threshold for every level.
+
 A photograph that cannot be read or a barcode that cannot be embedded fails that input only; the others
 are still predicted, and :attr:`PredictResult.failed` lists what failed and why.
 """
@@ -74,6 +81,7 @@ class Prediction:
     consensus: dict[str, dict] = field(default_factory=dict)  # level -> {label, votes, similarity}
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    novelty: dict[str, dict] = field(default_factory=dict)  # level -> decision, threshold, similarity (novelty on)
 
     @property
     def ok(self) -> bool:
@@ -89,6 +97,7 @@ class Prediction:
             "notes": self.notes,
             "neighbors": self.neighbors,
             "consensus": self.consensus,
+            **({"novelty": self.novelty} if self.novelty else {}),
         }
 
 
@@ -101,6 +110,7 @@ class PredictResult:
     k: int
     predictions: list[Prediction]
     notes: list[str] = field(default_factory=list)
+    novelty: dict | None = None  # mode, rule, thresholds per pair, where they were stored
 
     @property
     def failed(self) -> list[Prediction]:
@@ -120,6 +130,8 @@ class PredictResult:
             for level, c in p.consensus.items():
                 row[level] = c["label"]
                 row[f"{level}_votes"] = c["votes"]
+                if level in p.novelty:
+                    row[f"{level}_novelty"] = p.novelty[level]["decision"]
             rows.append(row)
         return rows
 
@@ -134,11 +146,13 @@ class PredictResult:
             "notes": self.notes,
             "failed": len(self.failed),
             "predictions": [p.to_dict() for p in self.predictions],
+            **({"novelty": self.novelty} if self.novelty else {}),
         }
 
 
 ROW_COLUMNS = ("input", "query", "key", "rank", "sample_id", "similarity", *LEVELS,
-               *(f"{lv}_votes" for lv in LEVELS), "status", "error")  # fmt: skip
+               *(f"{lv}_votes" for lv in LEVELS), "status", "error",
+               *(f"{lv}_novelty" for lv in LEVELS))  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -381,12 +395,14 @@ def predict(
     batch_size: int = 32,
     which: str = "best",
     split: str = "val",
+    novelty: str | float = "off",
 ) -> PredictResult:
     """Identify photographs and/or barcodes against the key embeddings of run directory `run`.
 
     `key`: the key feature to search (see the module docstring); `device`: torch device for the model and
     the search (default: the best available); `which`: the run's best or last checkpoint; `split`: whose
-    exported embeddings hold the keys (the key group is the same for val and test).
+    exported embeddings hold the keys (the key group is the same for val and test); `novelty`: "off",
+    "auto" or one similarity threshold (see the module docstring).
     """
     from bioclip_cli.config import load_run_config
 
@@ -396,6 +412,7 @@ def predict(
         raise BioclipError(f"--batch-size must be at least 1, got {batch_size}")
     if key not in KEY_FEATURES:
         raise BioclipError(f"--key {key!r} is not a key feature", f"use one of: {', '.join(KEY_FEATURES)}")
+    novelty = _novelty_mode(novelty)
     inputs = collect_inputs(images, dna, dna_fasta)  # cheap checks first: no model is loaded for a usage error
     rd = resolve_run(run)
     cfg = load_run_config(rd.config)
@@ -424,7 +441,8 @@ def predict(
     )  # fmt: skip
     with read_embedding_file(h5_path, labels_path) as ef:
         n_keys = _search(predictions, feats, ef, key, k, device, rd.root)
-    return PredictResult(rd.root, checkpoint, h5_path, n_keys, k, predictions, notes)
+        novelty_info = _apply_novelty(predictions, ef, rd.root, novelty, device) if novelty != "off" else None
+    return PredictResult(rd.root, checkpoint, h5_path, n_keys, k, predictions, notes, novelty_info)
 
 
 def _query_vector(feats: dict[str, dict[int, np.ndarray]], i: int, query: str) -> np.ndarray:
@@ -443,3 +461,100 @@ def _neighbor(rank: int, j: int, similarity: float, n_keys: int, labels, ids, le
         sample = f"{sample} ({_STACKED[j // n_keys]})"
     return {"rank": rank, "sample_id": sample, "similarity": round(similarity, 6),
             **{lv: str(labels[lv][row]) for lv in levels}}  # fmt: skip
+
+
+# -------------------------------------------------------------------------------------------- novelty
+
+
+def novelty_path(run_root: Path) -> Path:
+    """Where `novelty="auto"` keeps its calibrated thresholds: `RUN/results/novelty.json`."""
+    return Path(run_root) / "results" / "novelty.json"
+
+
+def _novelty_mode(novelty: str | float) -> str | float:
+    if novelty in ("off", "auto"):
+        return novelty
+    try:
+        value = float(novelty)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or not -1.0 <= value <= 1.0:
+        raise BioclipError(f"--novelty must be auto, off or a similarity in [-1, 1], got {novelty!r}",
+                           "e.g. --novelty auto, or --novelty 0.6")  # fmt: skip
+    return value
+
+
+def _embeddings_stamp(h5_path: Path) -> dict:
+    st = h5_path.stat()
+    return {"path": str(h5_path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def novelty_thresholds(ef, run_root: Path, query: str, key: str, device: str | None = None) -> dict:
+    """The calibration of a query/key feature pair (:func:`bioclip_cli.retrieval.novelty.calibrate`), from
+    `results/novelty.json` when it was made from these embeddings, else computed on the validation queries of
+    the embedding file and stored there."""
+    from bioclip_cli.atomic_write import write_text
+    from bioclip_cli.retrieval.novelty import calibrate
+
+    path = novelty_path(run_root)
+    stamp = _embeddings_stamp(ef.h5_path)
+    try:
+        stored = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        stored = {}
+    if stored.get("embeddings") != stamp:
+        stored = {"embeddings": stamp, "pairs": {}}
+    pair = f"{query}|{key}"
+    if pair not in stored["pairs"]:
+        empty = [g for g in ("seen", "unseen") if ef.n_rows(g) == 0]
+        if empty:
+            raise DataError(ef.h5_path, f"{ef.h5_path.name} has no {' and '.join(empty)} validation queries to "
+                            "calibrate the new-taxon thresholds on", "use --novelty off or a fixed threshold")  # fmt: skip
+        levels = [lv for lv in LEVELS if lv in ef.labels["key"]]
+        feats = {g: np.asarray(ef.dataset(g, query)[()]) for g in ("seen", "unseen")}
+        calibration = calibrate(
+            feats, {g: ef.labels[g] for g in ("seen", "unseen")}, np.asarray(ef.dataset("key", key)[()]),
+            ef.labels["key"], levels, device=device or "auto",
+        )  # fmt: skip
+        stored["pairs"][pair] = {"query": query, "key": key, **calibration}
+        write_text(path, json.dumps(stored, indent=2) + "\n")
+    return stored["pairs"][pair]
+
+
+def _apply_novelty(predictions: list[Prediction], ef, run_root: Path, novelty, device) -> dict:
+    """Fill `Prediction.novelty` from the rank-1 similarity; returns what the result reports about it."""
+    from bioclip_cli.retrieval.novelty import RULE, decide
+
+    info: dict = {"mode": "auto" if novelty == "auto" else "fixed", "rule": RULE, "thresholds": {}}
+    if novelty == "auto":
+        info["file"] = str(novelty_path(run_root))
+    for p in predictions:
+        if not p.ok or not p.neighbors:
+            continue
+        levels = list(p.consensus)
+        pair = f"{p.query}|{p.key}"
+        if pair not in info["thresholds"]:
+            if novelty == "auto":
+                cal = novelty_thresholds(ef, run_root, p.query, p.key, device)
+                info["thresholds"][pair] = {lv: cal["levels"][lv] for lv in levels}
+            else:
+                info["thresholds"][pair] = {lv: {"threshold": float(novelty)} for lv in levels}
+        thresholds = {lv: v["threshold"] for lv, v in info["thresholds"][pair].items()}
+        nearest = p.neighbors[0]
+        p.novelty = decide(float(nearest["similarity"]), thresholds, levels)
+        for lv, d in p.novelty.items():
+            d["nearest"] = nearest[lv]
+            d["answer"] = "new" if d["decision"] == "new" else p.consensus[lv]["label"]
+    return info
+
+
+def novelty_summary(p: Prediction) -> str:
+    """One line per input, e.g. "species: new (nearest: X, similarity 0.41 < 0.55); genus: Y (5/5)"."""
+    parts = []
+    for lv in reversed(list(p.novelty)):
+        d, c = p.novelty[lv], p.consensus[lv]
+        if d["decision"] == "new":
+            parts.append(f"{lv}: new (nearest: {d['nearest']}, {d['reason']})")
+        else:
+            parts.append(f"{lv}: {c['label']} ({c['votes']}/{len(p.neighbors)})")
+    return "; ".join(parts)
