@@ -158,6 +158,49 @@ def _check_resume(crun: RunDir, settings: dict, resume: bool) -> None:
                           "resume with the same options (only --epochs may change)")  # fmt: skip
 
 
+def _check_options(cfg: RunConfig, modalities, epochs: int, lr: float, batch_size: int) -> list[str]:
+    """The heads' modalities in canonical order; ConfigError for options that cannot train."""
+    chosen = [m for m in ("image", "dna") if m in modalities]
+    unknown = [m for m in modalities if m not in ("image", "dna")]
+    missing = [m for m in chosen if m not in cfg.model.modalities]
+    if not chosen or missing or unknown:
+        raise ConfigError("modalities", f"--modalities must name encoders of the model among image, dna "
+                          f"(the model has {', '.join(cfg.model.modalities)})", "e.g. --modalities image,dna")  # fmt: skip
+    if epochs < 1 or lr <= 0 or batch_size < 1:
+        raise ConfigError("classifier", f"--epochs and --batch-size must be >= 1 and --lr > 0 (got {epochs}, "
+                          f"{batch_size}, {lr})")  # fmt: skip
+    return chosen
+
+
+def _training_rows(dataset, global_batch: int):
+    """`(classes, class_of_row, class_taxonomy, rows)` of the training group (rows: those with a species)."""
+    classes, class_of_row, class_tax = species_classes(dataset.reader.taxonomy())
+    rows = np.flatnonzero(class_of_row >= 0)
+    if len(classes) < 2:
+        raise DataError(dataset.h5.path, f"{dataset.group} has {len(classes)} species with a name: nothing to classify")
+    if len(rows) < global_batch:
+        raise ConfigError("batch_size", f"{dataset.group} has {len(rows)} rows with a species, fewer than one batch "
+                          f"of {global_batch}", f"use a smaller --batch-size (e.g. {max(1, len(rows) // 2)})")  # fmt: skip
+    return classes, class_of_row, class_tax, rows
+
+
+def _class_codes(classes: np.ndarray, species) -> np.ndarray:
+    """The class index of each species (-1: not a class)."""
+    species = np.asarray(species).astype(str)
+    pos = np.searchsorted(classes, species).clip(0, len(classes) - 1)
+    return np.where(classes[pos] == species, pos, -1)
+
+
+def _top1(model, dataset, targets: np.ndarray, head: str, **encode) -> float:
+    """Top-1 accuracy of one head on a group (rows of other species count as misses)."""
+    from bioclip_cli.models.encode import encode_rows
+
+    if not len(targets):
+        return 0.0
+    logits = np.concatenate([f[head] for _, f in encode_rows(model, dataset, **encode)])
+    return float(np.mean(logits.argmax(axis=1) == targets))
+
+
 def finetune_classifier(
     plan: ClassifierPlan,
     *,
@@ -172,15 +215,7 @@ def finetune_classifier(
 ) -> ClassifierResult:
     """Train (or continue) the classifier of `plan` into `plan.out/classifier/` (see the module docstring)."""
     cfg = plan.cfg
-    modalities = [m for m in ("image", "dna") if m in modalities]
-    missing = [m for m in modalities if m not in cfg.model.modalities]
-    if not modalities or missing:
-        raise ConfigError("modalities", f"--modalities must name encoders of the model among image, dna "
-                          f"(the model has {', '.join(cfg.model.modalities)})", "e.g. --modalities image,dna")  # fmt: skip
-    if epochs < 1 or lr <= 0 or batch_size < 1:
-        raise ConfigError(
-            "classifier", f"--epochs and --batch-size must be >= 1 and --lr > 0 (got {epochs}, {batch_size}, {lr})"
-        )
+    modalities = _check_options(cfg, modalities, epochs, lr, batch_size)
     seed = cfg.train.seed if seed is None else int(seed)
 
     import torch
@@ -190,7 +225,7 @@ def finetune_classifier(
     from bioclip_cli.data.hdf5 import BioscanH5
     from bioclip_cli.data.sampler import EpochSampler
     from bioclip_cli.models.classifier import SpeciesClassifier, save_classifier
-    from bioclip_cli.models.encode import build_embedding_model, encode_rows
+    from bioclip_cli.models.encode import build_embedding_model
     from bioclip_cli.progress import progress_bar
     from bioclip_cli.workflows.accelerator import make_accelerator
 
@@ -204,13 +239,7 @@ def finetune_classifier(
     accelerator = make_accelerator()
     main, world, device = accelerator.is_main_process, accelerator.num_processes, accelerator.device
     dataset = TrainDataset(cfg.data.hdf5, group, cfg, modalities=modalities, seed=seed)
-    classes, class_of_row, class_tax = species_classes(dataset.reader.taxonomy())
-    rows = np.flatnonzero(class_of_row >= 0)
-    if len(classes) < 2:
-        raise DataError(cfg.data.hdf5, f"{group} has {len(classes)} species with a name: nothing to classify")
-    if len(rows) < batch_size * world:
-        raise ConfigError("batch_size", f"{group} has {len(rows)} rows with a species, fewer than one batch of "
-                          f"{batch_size * world}", f"use --batch-size {max(1, len(rows) // (2 * world))}")  # fmt: skip
+    classes, class_of_row, class_tax, rows = _training_rows(dataset, batch_size * world)
     sampler = EpochSampler(len(rows), batch_size, seed=seed, rank=accelerator.process_index, world=world)
     progress = TrainProgress(total_steps=sampler.batches_per_epoch * epochs, world=world)
     if resume:
@@ -236,9 +265,7 @@ def finetune_classifier(
         accelerator.load_state(str(crun.resume_state))
     targets = torch.from_numpy(class_of_row)
     val = EvalDataset(cfg.data.hdf5, cfg.data.val_groups[0], cfg, modalities=modalities)
-    val_species = val.labels["species"].astype(str)
-    val_pos = np.searchsorted(classes, val_species).clip(0, len(classes) - 1)
-    val_targets = np.where(classes[val_pos] == val_species, val_pos, -1)
+    val_targets = _class_codes(classes, val.labels["species"])
     scored = "image" if "image" in modalities else "dna"
     ce = torch.nn.CrossEntropyLoss()
     result = ClassifierResult(crun.root, group, len(classes), len(rows), progress.epoch, progress.step, "finished",
@@ -274,9 +301,8 @@ def finetune_classifier(
                 bar.update(loss=f"{value:.4f}")
         progress.epoch += 1
         progress.seconds = before + time.perf_counter() - start
-        logits = np.concatenate([f[scored] for _, f in encode_rows(raw, val, device=device, batch_size=cfg.eval.batch_size,
-                                                                    accelerator=accelerator)])  # fmt: skip
-        top1 = float(np.mean(logits.argmax(axis=1) == val_targets)) if len(val_targets) else 0.0
+        top1 = _top1(raw, val, val_targets, scored, device=device, batch_size=cfg.eval.batch_size,
+                     accelerator=accelerator)  # fmt: skip
         is_best = progress.best_value is None or top1 > progress.best_value
         if is_best:
             progress.best_value, progress.best_epoch, progress.best_step = top1, progress.epoch, progress.step
