@@ -121,6 +121,8 @@ def calibrate(
         "rule": RULE,
         "n_queries": {s: int(len(query_feats[s])) for s in ("seen", "unseen")},
         "n_library_keys": n_library,
+        "stats": "precision/recall of the new call at each level's own threshold (before a level under a new one "
+        "is made new too)",
         "levels": {lv: choose_threshold(*_level(scores, truth, library_labels, lv)) for lv in levels},
     }
 
