@@ -7,16 +7,38 @@ from typing import Annotated, Literal
 
 import typer
 
-from bioclip_cli.cli.options import CsvOpt, JsonOpt, RunOpt, SplitOpt, examples
+from bioclip_cli.cli.options import (
+    CsvOpt,
+    FormatOpt,
+    JsonOpt,
+    OutputOpt,
+    RunOpt,
+    SplitOpt,
+    complete_device,
+    examples,
+)
 
 EXAMPLES = examples(
     "bioclip eval --run runs/idt-5m --query image --key dna",
     "bioclip eval --embeddings extracted_feature_from_val_split.hdf5 --labels labels_val.json --json results.json",
     "bioclip eval --run runs/demo --k 1,5 --levels genus,species --csv results.csv",
     "bioclip eval --run runs/idt-5m --per-class per_class.csv",
+    "bioclip eval --run runs/demo --format json | jq '.results'",
     "bioclip eval --run runs/idt-1m --hybrid one --format json   # seen image keys, else unseen DNA keys",
     "bioclip eval --run runs/idt-1m --hybrid two --tau 0.5       # after bioclip finetune-classifier",
 )
+
+
+def _complete_query(incomplete: str) -> list[str]:
+    from bioclip_cli.retrieval.evaluation import QUERY_FEATURES
+
+    return [name for name in QUERY_FEATURES if name.startswith(incomplete)]
+
+
+def _complete_key(incomplete: str) -> list[str]:
+    from bioclip_cli.retrieval.evaluation import KEY_FEATURES
+
+    return [name for name in KEY_FEATURES if name.startswith(incomplete)]
 
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -42,11 +64,21 @@ def command(
     split: SplitOpt = "val",
     query: Annotated[
         list[str] | None,
-        typer.Option("--query", help="Query feature(s): image, dna, text, avg, concat.", show_default=False),
+        typer.Option(
+            "--query",
+            help="Query feature(s): image, dna, text, avg, concat.",
+            show_default=False,
+            autocompletion=_complete_query,
+        ),
     ] = None,
     key: Annotated[
         list[str] | None,
-        typer.Option("--key", help="Key feature(s): image, dna, text, avg, concat, all.", show_default=False),
+        typer.Option(
+            "--key",
+            help="Key feature(s): image, dna, text, avg, concat, all.",
+            show_default=False,
+            autocompletion=_complete_key,
+        ),
     ] = None,
     k: Annotated[str, typer.Option("--k", help="Comma-separated k of top-k.")] = "1,3,5",
     levels: Annotated[
@@ -65,9 +97,13 @@ def command(
     device: Annotated[
         str,
         typer.Option(
-            "--device", help="Search on: auto (faiss-gpu, else torch on CUDA, else faiss CPU), cpu, cuda, cuda:N, mps."
+            "--device",
+            help="Search on: auto (faiss-gpu, else torch on CUDA, else faiss CPU), cpu, cuda, cuda:N, mps.",
+            autocompletion=complete_device,
         ),
     ] = "auto",
+    format: FormatOpt = "table",
+    output_file: OutputOpt = None,
     hybrid: Annotated[
         Literal["one", "two"] | None,
         typer.Option(
@@ -78,20 +114,22 @@ def command(
         ),
     ] = None,
     tau: Annotated[
-        float | None, typer.Option("--tau", help="With --hybrid: a fixed tau instead of the validation grid's.")
+        float | None,
+        typer.Option("--tau", help="With --hybrid: a fixed tau instead of the validation grid's.", show_default=False),
     ] = None,
-    format: Annotated[
-        Literal["table", "json", "csv"], typer.Option("--format", help="table, json or csv on stdout.")
-    ] = "table",
 ) -> None:
-    """Micro and macro top-k accuracy per level, seen and unseen, and their harmonic mean."""
+    """Micro and macro top-k accuracy per level, seen and unseen, and their harmonic mean.
+
+    --format json prints the results object (the one --json writes), --format csv the table's rows as
+    fractions (the ones --csv writes); --json FILE and --csv FILE write them beside the printed table.
+    """
     from bioclip_cli.cli import output
     from bioclip_cli.retrieval.evaluation import result_rows
 
     ks = _int_list(k, "--k")
     level_list = [part.strip() for part in levels.split(",") if part.strip()]
     if hybrid is not None or tau is not None:
-        _hybrid(run, embeddings, hybrid, tau, ks, level_list, device, format, json_out, csv_out)
+        _hybrid(run, embeddings, hybrid, tau, ks, level_list, device, format, output_file, json_out, csv_out)
         return
     from bioclip_cli.workflows.evaluate import evaluate_run, run_results_path
 
@@ -100,10 +138,21 @@ def command(
         index=index, device=device, per_class=per_class is not None,
     )  # fmt: skip
 
+    shown = [
+        {c.replace(" ", "\n"): f"{v:5.1f}" if isinstance(v, float) else v for c, v in row.items()}
+        for row in result_rows(result, percent=True)
+    ]
     n = result["n_queries"]
     source = run if run is not None else embeddings
-    title = f"Top-k accuracy (%) — {source}: {n['seen']} seen, {n['unseen']} unseen queries, {result['n_keys']} keys"
-    _show(result, format, title)
+    results = {c: v for c, v in result.items() if c != "per_class"}
+    output.emit(
+        result_rows(result),
+        format,
+        output_file,
+        title=f"Top-k accuracy (%) — {source}: {n['seen']} seen, {n['unseen']} unseen queries, {result['n_keys']} keys",
+        json_obj=results,
+        table_rows=shown,
+    )
     for note in result.get("notes", []):
         output.warning(note)
     if "search" in result:
@@ -112,7 +161,7 @@ def command(
         output.info(f"ivf index: {s['nlist']} lists, nprobe {s['nprobe']}; recall@{result['k'][-1]} vs exact "
                     f"on {s['recall_sample']} queries: lowest {worst:.3f} over the pairs (see --json)")  # fmt: skip
     if json_out:
-        output.write_json(json_out, {c: v for c, v in result.items() if c != "per_class"})
+        output.write_json(json_out, results)
     if csv_out:
         output.write_csv(csv_out, result_rows(result))
     if per_class is not None:
@@ -121,34 +170,8 @@ def command(
         output.success(f"saved {run_results_path(run, split)}")
 
 
-def _show(result: dict, format: str, title: str) -> None:
-    import json
-
-    from bioclip_cli.cli import output
-    from bioclip_cli.retrieval.evaluation import result_rows
-
-    if format == "json":
-        shown = {c: v for c, v in result.items() if c != "per_class"}
-        output.console.print(json.dumps(shown, indent=2), markup=False, highlight=False, soft_wrap=True)
-    elif format == "csv":
-        import csv
-        import io
-
-        rows = result_rows(result)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        output.console.print(buf.getvalue(), end="", markup=False, highlight=False, soft_wrap=True)
-    else:
-        shown = [
-            {c.replace(" ", "\n"): f"{v:5.1f}" if isinstance(v, float) else v for c, v in row.items()}
-            for row in result_rows(result, percent=True)
-        ]
-        output.print_table(shown, title=title)
-
-
-def _hybrid(run, embeddings, method, tau, ks, levels, device, format, json_out, csv_out) -> None:
+def _hybrid(run, embeddings, method, tau, ks, levels, device, format, output_file, json_out, csv_out) -> None:
+    """`--hybrid one|two`: the hybrid rules on a run (workflows/hybrid_eval.py), shown like the evaluation."""
     from bioclip_cli.cli import output
     from bioclip_cli.errors import BioclipError
     from bioclip_cli.retrieval.evaluation import result_rows
@@ -161,9 +184,13 @@ def _hybrid(run, embeddings, method, tau, ks, levels, device, format, json_out, 
                            "bioclip eval --run runs/demo --hybrid one")  # fmt: skip
     result = evaluate_hybrid_run(run, method, tau=tau, ks=ks, levels=levels, device=device)
     h, n = result["hybrid"], result["n_queries"]
+    shown = [
+        {c.replace(" ", "\n"): f"{v:5.1f}" if isinstance(v, float) else v for c, v in row.items()}
+        for row in result_rows(result, percent=True)
+    ]
     title = (f"Hybrid method {method} (%) — {run}, {h['applied_to']}: {n['seen']} seen, {n['unseen']} unseen "
              f"queries; tau {h['tau']:.4f} ({'fixed' if tau is not None else 'from val'})")  # fmt: skip
-    _show(result, format, title)
+    output.emit(result_rows(result), format, output_file, title=title, json_obj=result, table_rows=shown)
     for note in result.get("notes", []):
         output.warning(note)
     output.info(f"tau = {h['tau']:.6f}; validation grid ({h['grid_points']} points): best H of micro top-1 species "

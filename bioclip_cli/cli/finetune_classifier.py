@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 
-from bioclip_cli.cli.options import CheckpointOpt, OutDirOpt, PresetOpt, RunOpt, examples
+from bioclip_cli.cli.options import CheckpointOpt, FormatOpt, OutDirOpt, OutputOpt, PresetOpt, RunOpt, examples
 
 EXAMPLES = examples(
     "bioclip finetune-classifier --run runs/idt-1m --epochs 150",
@@ -41,10 +40,8 @@ def command(
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last finished epoch.")] = False,
     which: Annotated[str, typer.Option("--which", help="Checkpoint of the run to start from: best or last.")] = "best",
-    format: Annotated[Literal["table", "json", "csv"], typer.Option("--format", help="table, json or csv.")] = "table",
-    output_file: Annotated[
-        Path | None, typer.Option("--output", help="Also write the summary to this file.", show_default=False)
-    ] = None,
+    format: FormatOpt = "table",
+    output_file: OutputOpt = None,
 ) -> None:
     """Train a linear head per encoder over the seen training species (classes in sorted order).
 
@@ -69,35 +66,10 @@ def command(
     summary = {"out": str(result.out), "group": result.group, "classes": result.n_classes, "rows": result.n_rows,
                "epochs": result.epochs, "steps": result.steps, "stopped": result.stopped, "best": result.best,
                "epochs_run": rows}  # fmt: skip
-    if format == "json":
-        import json
-
-        output.console.print(json.dumps(summary, indent=2), markup=False, highlight=False, soft_wrap=True)
-    elif format == "csv":
-        output.console.print(output_csv(rows), end="", markup=False, highlight=False, soft_wrap=True)
-    else:
-        output.print_table(
-            rows, title=f"classifier on {result.group}: {result.n_classes} species, {result.n_rows} rows"
-        )
-    if output_file is not None:
-        if output_file.suffix.lower() == ".csv":
-            output.write_csv(output_file, rows)
-        else:
-            output.write_json(output_file, summary)
+    title = f"classifier on {result.group}: {result.n_classes} species, {result.n_rows} rows"
+    output.emit(rows, format, output_file, title=title, json_obj=summary, columns=["epoch", "loss", "val seen top-1"])
     if result.stopped == "already complete":
         output.info(f"{result.out} already holds {result.epochs} epochs; nothing to do (raise --epochs to continue)")
     else:
         output.success(f"saved {result.out}/checkpoints/ (best: epoch {result.best['epoch']})")
     output.hint(f"bioclip eval --run {plan.out} --hybrid two")
-
-
-def output_csv(rows: list[dict]) -> str:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    return buf.getvalue()

@@ -1,4 +1,4 @@
-"""The hybrid seen/unseen rule of the original's methods one and two (docs/method.md, "Hybrid rules").
+"""The hybrid seen/unseen rule of the original's methods one and two (docs/method.md, "Hybrid seen/unseen rules").
 
 Every query has two ranked answer lists of K ranks (best first):
 

@@ -1,4 +1,4 @@
-"""`bioclip eval --hybrid one|two`: the original's hybrid seen/unseen rules on a run (docs/method.md, "Hybrid rules").
+"""`bioclip eval --hybrid one|two`: the original's hybrid seen/unseen rules on a run (docs/method.md, "Hybrid seen/unseen rules").
 
 Inputs, from the run's HDF5 (`data.hdf5`) and its `checkpoints/best` (or `last`):
 
