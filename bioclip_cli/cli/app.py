@@ -22,8 +22,10 @@ from bioclip_cli.cli import (
     eval,
     finetune_classifier,
     inspect,
+    library,
     predict,
     presets,
+    split,
     train,
     zsl,
 )
@@ -78,12 +80,15 @@ for module, name in [
     (demo, "demo"),
     (predict, "predict"),
     (finetune_classifier, "finetune-classifier"),
+    (split, "split"),
     (env, "env"),
     (zsl, "zsl"),
 ]:
     app.command(name=name, epilog=module.EXAMPLES, no_args_is_help=getattr(module, "NO_ARGS_IS_HELP", False))(
         module.command
     )
+
+app.add_typer(library.app, name="library")
 
 
 def _choice_error(exc: Exception, argv: list[str]) -> tuple[str, str] | None:

@@ -22,12 +22,16 @@ vectorised (one sort, `searchsorted` counts).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
+from bioclip_cli.atomic_write import write_text
 from bioclip_cli.config.schema import LEVELS
 from bioclip_cli.data.taxonomy import NOT_CLASSIFIED
+from bioclip_cli.errors import DataError
 from bioclip_cli.retrieval.search import FlatIndex
 
 RULE = (
@@ -152,3 +156,56 @@ def decide(similarity: float, thresholds: Mapping[str, float | None], levels: Se
             parent_new = lv
         out[lv] = {"decision": decision, "threshold": t, "similarity": similarity, "reason": reason}
     return out
+
+
+def annotate(neighbors: Sequence[dict], consensus: Mapping[str, dict], thresholds: Mapping[str, float | None]) -> dict:
+    """:func:`decide` on a prediction's rank-1 similarity, plus the nearest label and the answer per level
+    ("new", or the consensus label)."""
+    nearest = neighbors[0]
+    out = decide(float(nearest["similarity"]), thresholds, list(consensus))
+    for lv, d in out.items():
+        d["nearest"] = nearest[lv]
+        d["answer"] = "new" if d["decision"] == "new" else consensus[lv]["label"]
+    return out
+
+
+def summary(novelty: Mapping[str, dict], consensus: Mapping[str, dict], k: int) -> str:
+    """Finest level first, e.g. "species: new (nearest: X, similarity 0.410 < 0.550); genus: Y (5/5); ..."."""
+    parts = []
+    for lv in reversed(list(novelty)):
+        d, c = novelty[lv], consensus[lv]
+        if d["decision"] == "new":
+            parts.append(f"{lv}: new (nearest: {d['nearest']}, {d['reason']})")
+        else:
+            parts.append(f"{lv}: {c['label']} ({c['votes']}/{k})")
+    return "; ".join(parts)
+
+
+def stored_calibration(ef, path: str | Path, query: str, key: str, device: str = "auto") -> dict:
+    """The :func:`calibrate` result of one query/key feature pair of embedding file `ef` (its `seen`/`unseen`
+    validation queries against its `key` group), read from the JSON store `path` when it was made from this
+    very file (path, size and mtime), else computed and added to the store (written atomically)."""
+    path = Path(path)
+    st = ef.h5_path.stat()
+    stamp = {"path": str(ef.h5_path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    try:
+        stored = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        stored = {}
+    if stored.get("embeddings") != stamp:
+        stored = {"embeddings": stamp, "pairs": {}}
+    pair = f"{query}|{key}"
+    if pair not in stored["pairs"]:
+        empty = [g for g in ("seen", "unseen") if ef.n_rows(g) == 0]
+        if empty:
+            raise DataError(ef.h5_path, f"{ef.h5_path.name} has no {' and '.join(empty)} validation queries to "
+                            "calibrate the new-taxon thresholds on", "use --novelty off or a fixed threshold")  # fmt: skip
+        levels = [lv for lv in LEVELS if lv in ef.labels["key"]]
+        feats = {g: np.asarray(ef.dataset(g, query)[()]) for g in ("seen", "unseen")}
+        calibration = calibrate(
+            feats, {g: ef.labels[g] for g in ("seen", "unseen")}, np.asarray(ef.dataset("key", key)[()]),
+            ef.labels["key"], levels, device=device,
+        )  # fmt: skip
+        stored["pairs"][pair] = {"query": query, "key": key, **calibration}
+        write_text(path, json.dumps(stored, indent=2) + "\n")
+    return stored["pairs"][pair]
