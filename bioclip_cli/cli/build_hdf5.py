@@ -1,4 +1,5 @@
-"""`bioclip build-hdf5`: the raw BIOSCAN-1M/5M releases, or a manifest of your own specimens -> the training HDF5 layout."""
+"""`bioclip build-hdf5`: the raw BIOSCAN-1M/5M releases, the INSECT dataset, or a manifest of your own specimens
+-> the training HDF5 layout."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ EXAMPLES = examples(
     "bioclip build-hdf5 5m --root data/ --out data/BIOSCAN_5M/BIOSCAN_5M.hdf5 --text-tokenizer prajjwal1/bert-small",
     "bioclip build-hdf5 5m --root data/ --out sample.hdf5 --splits val,val_unseen,key_unseen --format json",
     "bioclip build-hdf5 1m --root data/BIOSCAN_1M --out data/BIOSCAN_1M/split_data/BioScan_data_in_splits.hdf5",
+    "bioclip build-hdf5 insect --root data/ --out data/INSECT/INSECT.hdf5",
     "bioclip build-hdf5 custom --manifest specimens.csv --out my_specimens.hdf5",
     "bioclip build-hdf5 custom --manifest specimens.csv --split-rule 1m --seed 0 --out my_specimens.hdf5",
 )
@@ -22,11 +24,16 @@ NO_ARGS_IS_HELP = True
 
 
 def command(
-    dataset: Annotated[str, typer.Argument(help="What to build from: 5m, 1m (raw releases) or custom (a manifest).")],
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            help="What to build from: 5m, 1m (raw releases), insect (raw BZSL release or processed pair) or custom (a manifest).",
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="The HDF5 file to write.")],
     root: Annotated[
         Path | None,
-        typer.Option("--root", help="5m/1m: folder holding the raw release (metadata + images).", show_default=False),
+        typer.Option("--root", help="5m/1m/insect: folder holding the release (metadata + images).", show_default=False),
     ] = None,
     manifest: Annotated[
         Path | None,
@@ -96,7 +103,8 @@ def command(
 ) -> None:
     """Build the training HDF5 (published group layout) from the raw release.
 
-    JPEG bytes are stored unchanged; bad rows are counted and listed in `<out>.report.json`.
+    JPEG bytes are stored unchanged; bad rows are counted and listed in `<out>.report.json`. For insect,
+    `<out>.metadata.csv` lists the rows stored (the INSECT_metadata.csv format, for BZSL).
     The file is written to `<out>.partial` and renamed when complete. The printed table (or --format
     json/csv) lists the rows written per group; JSON adds the bad-input summary.
     """

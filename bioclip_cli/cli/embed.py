@@ -30,6 +30,7 @@ EXAMPLES = examples(
     "bioclip embed --run runs/demo --manifest specimens.csv --out specimens.parquet --format parquet",
     "bioclip embed --run runs/demo --fasta barcodes.fasta --out barcodes.npz --format npy",
     "bioclip embed --run runs/idt-1m --per-split",
+    "bioclip embed --run runs/idt-insect --format bzsl-csv",
 )
 
 
@@ -64,12 +65,14 @@ def command(
         typer.Option("--per-split", help="Every group of the dataset, one extracted_features_of_{group}.hdf5 each."),
     ] = False,
     format: Annotated[
-        Literal["table", "json", "csv", "hdf5", "npy", "parquet"],
+        Literal["table", "json", "csv", "hdf5", "npy", "parquet", "bzsl-csv"],
         typer.Option(
             "--format",
             "-f",
             help="How the summary prints: table, json or csv (stdout, or --output). With --images/--fasta/--manifest "
-            "also the file written to --out: hdf5 (default), npy (a numpy .npz archive) or parquet.",
+            "also the file written to --out: hdf5 (default), npy (a numpy .npz archive) or parquet. bzsl-csv (an "
+            "INSECT run): every row's image embedding and each species' mean DNA embedding "
+            "(OUT/embeddings/insect_embeddings.hdf5) and the CSV files BZSL reads (OUT/embeddings/bzsl/).",
         ),
     ] = "table",
     output_file: OutputOpt = None,
@@ -80,13 +83,26 @@ def command(
     that `bioclip eval --run OUT` finds them. A rerun with the same weights skips the groups already written.
     """
     from bioclip_cli.cli import output
-    from bioclip_cli.workflows.embed import embed, plan_embedding
+    from bioclip_cli.workflows.embed import embed, embed_insect, plan_embedding
 
     specimens_given = bool(images) or fasta is not None or manifest is not None
     plan = plan_embedding(
         run=run, checkpoint=checkpoint, preset=preset, files=config or [], sets=set_ or [], which=which,
         out=None if specimens_given else out,
     )  # fmt: skip
+    if format == "bzsl-csv":
+        if specimens_given or per_split:
+            from bioclip_cli.errors import BioclipError
+
+            raise BioclipError("--format bzsl-csv exports an INSECT run's dataset; it takes no --images/--fasta/"
+                               "--manifest/--per-split", "bioclip embed --run runs/idt-insect --format bzsl-csv")  # fmt: skip
+        done = embed_insect(plan)
+        if done.is_main:
+            rows = [{"file": str(f)} for f in done.files]
+            output.emit(rows, "table", output_file, title=f"INSECT embeddings of {plan.description}: {done.rows} "
+                        f"rows, {done.classes} classes")  # fmt: skip
+            output.hint(f"bioclip zsl --run {plan.out}")
+        return
     if specimens_given:
         _embed_specimens(plan, images, fasta, manifest, out, format if format in ("npy", "parquet") else "hdf5")
         return

@@ -16,6 +16,9 @@ in file order (:func:`bioclip_cli.data.sampler.shard_rows`). The main process st
 the configuration and the dtype). A rerun with the same fingerprint skips the groups that are already
 complete (all of them once the file is finished); a different source starts the file over.
 
+For an INSECT build, :func:`embed_insect` writes instead every row's image embedding and each species' mean DNA
+embedding (and the CSV files BZSL reads), for `bioclip zsl`.
+
 The encoding engine lives in :mod:`bioclip_cli.models.encode` (shared with `predict` and training).
 """
 
@@ -403,3 +406,53 @@ def embed_per_split(
                                  id_name, dtype)  # fmt: skip
             files[group] = len(ds)
     return PerSplitResult(target, files)
+
+
+# ------------------------------------------------------------------------------------- INSECT (BZSL)
+
+
+@dataclass
+class InsectEmbedResult:
+    files: list[Path]
+    rows: int
+    classes: int
+    group: str
+    seconds: float = 0.0
+    description: str = ""
+    is_main: bool = True
+
+
+def embed_insect(plan: EmbedPlan, *, bzsl_csv: bool = True, batch_size: int | None = None) -> InsectEmbedResult:
+    """Every row of an INSECT build's key group (res101 order) through the image and DNA encoders; writes each
+    row's image embedding and each class's mean DNA embedding under `plan.out/embeddings/` (with `bzsl_csv`,
+    also the CSV trio BZSL reads, in `embeddings/bzsl/`; :mod:`bioclip_cli.data.insect_embeddings`)."""
+    from bioclip_cli.data.insect_embeddings import read_insect_group, write_insect_embeddings
+    from bioclip_cli.models.encode import encode_group
+    from bioclip_cli.workflows.accelerator import make_accelerator
+
+    cfg = plan.cfg
+    missing = [m for m in ("image", "dna") if m not in cfg.model.modalities]
+    if missing:
+        raise ConfigError("model.modalities", f"the BZSL export needs image and DNA embeddings; {cfg.name} has no "
+                          f"{' or '.join(missing)} encoder")  # fmt: skip
+    group = cfg.data.key_group
+    table, rows, n_classes = read_insect_group(cfg.data.hdf5, group)
+    accelerator = make_accelerator()
+    main = accelerator.is_main_process
+    model = build_embedding_model(cfg, plan.checkpoint).to(accelerator.device)
+    dataset = EvalDataset(cfg.data.hdf5, group, cfg, modalities=["image", "dna"])
+    start = time.perf_counter()
+    bar_ctx = progress_bar(len(dataset), f"Embedding {group} (INSECT)", unit="rows") if main else nullcontext(Bar())
+    with bar_ctx as bar:
+        feats = encode_group(model, dataset, merge_lora=cfg.eval.merge_lora, device=accelerator.device,
+                             batch_size=batch_size or cfg.eval.batch_size, num_workers=cfg.data.num_workers,
+                             autocast=cfg.eval.autocast, accelerator=accelerator, bar=bar)  # fmt: skip
+    files: list[Path] = []
+    if main:
+        out = RunDir(plan.out)
+        if not out.config.is_file():
+            save_config(cfg, out.config)
+        files = write_insect_embeddings(out.embeddings, feats["image"], feats["dna"], table, rows, n_classes,
+                                        bzsl_csv=bzsl_csv, source=plan.description)  # fmt: skip
+    accelerator.wait_for_everyone()
+    return InsectEmbedResult(files, len(table), n_classes, group, time.perf_counter() - start, plan.description, main)
