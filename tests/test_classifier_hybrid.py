@@ -43,8 +43,14 @@ def test_loss_decreases_and_classes_are_the_sorted_seen_species(classifier_runs,
     assert len(losses) == 2 and losses[1] < losses[0]
     assert summary["group"] == "seen_keys" and summary["classes"] == 24 and summary["steps"] == 2 * (144 // 16)
     info = json.loads((classifier_runs["two"] / "classifier/checkpoints/best/classes.json").read_text())
+    from bioclip_cli.errors import DataError
+    from bioclip_cli.workflows.classifier import training_group
+
     with BioscanH5(load_run_config(classifier_runs["two"] / "config.yaml").data.hdf5) as h5:
         tax = h5.group("seen_keys").taxonomy()
+        assert training_group(h5, None, "5m") == "seen_keys" and training_group(h5, "val_seen") == "val_seen"
+        with pytest.raises(DataError, match="trainval"):  # INSECT trains on trainval, which the sample lacks
+            training_group(h5, None, "insect")
     assert info["classes"] == sorted(set(tax["species"].tolist()))
     first = {s: g for s, g in zip(tax["species"], tax["genus"])}
     assert info["taxonomy"]["genus"] == [first[s] for s in info["classes"]]

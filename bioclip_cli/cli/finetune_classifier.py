@@ -13,6 +13,7 @@ EXAMPLES = examples(
     "bioclip finetune-classifier --run runs/demo --epochs 5 --batch-size 16",
     "bioclip finetune-classifier --run runs/idt-5m --modalities image,dna   # both heads, loss = CE + CE",
     "bioclip finetune-classifier --run runs/idt-5m --resume",
+    "bioclip finetune-classifier --run runs/idt-insect --modalities image,dna   # INSECT's supervised baseline",
     "bioclip finetune-classifier --checkpoint best.pth --preset idt-1m --out runs/idt-1m-published",
 )
 
@@ -30,7 +31,11 @@ def command(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per step (per process).")] = 200,
     group: Annotated[
         str | None,
-        typer.Option("--group", help="Training group (default: train_seen, else seen_keys).", show_default=False),
+        typer.Option(
+            "--group",
+            help="Training group (default: train_seen, else seen_keys; INSECT: trainval).",
+            show_default=False,
+        ),
     ] = None,
     probe: Annotated[
         bool, typer.Option("--probe", help="Linear probe: freeze the encoders, train the heads only.")

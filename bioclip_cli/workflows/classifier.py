@@ -7,7 +7,9 @@ default weight decay), cross-entropy, batch 200, every encoder parameter trained
 a linear probe, only the heads train).
 
 Training rows: the group `train_seen` when the HDF5 has it (BIOSCAN-1M), else `seen_keys` (BIOSCAN-5M and
-the bundled sample: the train split), or the group asked for; rows without a species are left out. Classes
+the bundled sample: the train split); `trainval` for INSECT (`data.dataset: insect`; its validation groups
+are the test groups, as in the original, which reports test_seen); or the group asked for. Rows without a
+species are left out. Classes
 are the sorted distinct species. Each epoch visits the rows in a new order from (seed, epoch) with the
 training augmentation (:class:`~bioclip_cli.data.sampler.EpochSampler`, :class:`~bioclip_cli.data.datasets.TrainDataset`;
 the last incomplete batch is dropped), then measures top-1 accuracy of the image head (the DNA head when
@@ -40,6 +42,7 @@ from bioclip_cli.workflows.train_state import PROGRESS_FILE, MetricsLog, TrainPr
 CLASSIFIER_DIR = "classifier"
 SETTINGS_FILE = "settings.json"
 DEFAULT_GROUPS = ("train_seen", "seen_keys")  # 1M, then 5M / the sample
+INSECT_GROUP = "trainval"  # INSECT (data.dataset: insect): the original's supervised baselines train on trainval_loc
 # settings a resume must keep (epochs may grow)
 FIXED_SETTINGS = ("modalities", "lr", "batch_size", "group", "freeze_encoders", "seed", "checkpoint")
 
@@ -80,8 +83,10 @@ def plan_classifier(
     return ClassifierPlan(load_config(preset), checkpoint, Path(out), f"{checkpoint} ({preset})")
 
 
-def training_group(h5, requested: str | None) -> str:
-    """The group to train on: `requested`, else the first of DEFAULT_GROUPS the file has."""
+def training_group(h5, requested: str | None, dataset: str = "5m") -> str:
+    """The group to train on: `requested`; for INSECT `trainval`; else the first of DEFAULT_GROUPS the file has."""
+    if requested is None and dataset == "insect":
+        requested = INSECT_GROUP
     if requested is not None:
         h5.group(requested)  # DataError naming the groups that exist
         return requested
@@ -230,7 +235,7 @@ def finetune_classifier(
     from bioclip_cli.workflows.accelerator import make_accelerator
 
     with BioscanH5(cfg.data.hdf5) as h5:
-        group = training_group(h5, group)
+        group = training_group(h5, group, cfg.data.dataset)
         h5.group(cfg.data.val_groups[0])
     crun = classifier_run(plan.out)
     settings = _settings(plan, modalities, lr, batch_size, group, freeze_encoders, seed)
