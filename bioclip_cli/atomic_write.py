@@ -68,6 +68,57 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def fsync_tree(folder: Path) -> None:
+    """fsync every file under `folder`, then the folders themselves (before a folder is renamed into place)."""
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            fd = os.open(Path(root) / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))
+
+
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield a new temporary folder beside `path`; when the block succeeds it replaces the folder `path`.
+
+    The temporary name is unique to this process and call; on any failure it is removed and `path` is
+    untouched. An existing folder at `path` is moved aside, the new one renamed in, the old one deleted.
+    """
+    import shutil
+
+    target = Path(path)
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
+    if target.exists() and not target.is_dir():
+        raise OutputError(f"{path} exists and is not a folder; refusing to replace it", "choose another path")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise describe_os_error(exc, Path(path)) from exc
+    tmp = temporary_name(target)
+    old = temporary_name(target, "old")
+    try:
+        tmp.mkdir()
+        yield tmp
+        fsync_tree(tmp)
+        if target.exists():
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(target)
+        _fsync_dir(target.parent)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise describe_os_error(exc, Path(path)) from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def describe_os_error(exc: OSError, path: Path, needed: int | None = None) -> OutputError:
     """One sentence for an OSError met while writing `path`."""
     if exc.errno == errno.ENOSPC:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from bioclip_cli.data.hdf5 import BioscanH5
 from bioclip_cli.errors import BioclipError, ConfigError, DataError
 from bioclip_cli.models.encode import build_embedding_model, encode_rows, lora_merged_if
 from bioclip_cli.progress import Bar, progress_bar
+from bioclip_cli.run_lock import run_lock
 from bioclip_cli.workflows.run_dir import RunDir, default_run_dir, resolve_run, run_checkpoint
 
 ROLES: tuple[str, ...] = ("seen", "unseen", "key")
@@ -184,7 +186,18 @@ def embed(
     plan: EmbedPlan, *, split: str = "val", dtype: str | None = None, batch_size: int | None = None
 ) -> EmbedResult:
     """Encode the `split` queries and the keys with the plan's model; write the published files under
-    `plan.out/embeddings/`. Run it under `accelerate launch` to encode with several processes."""
+    `plan.out/embeddings/`. Run it under `accelerate launch` to encode with several processes.
+
+    The output run directory is held exclusively meanwhile (:func:`bioclip_cli.run_lock.run_lock`)."""
+    with run_lock(plan.out, "bioclip embed", on_takeover=_note):
+        return _embed_locked(plan, split=split, dtype=dtype, batch_size=batch_size)
+
+
+def _note(text: str) -> None:
+    print(f"Note: {text}", file=sys.stderr)
+
+
+def _embed_locked(plan: EmbedPlan, *, split: str, dtype: str | None, batch_size: int | None) -> EmbedResult:
     cfg = plan.cfg
     dtype = dtype or cfg.eval.dtype
     if dtype not in DTYPES:
