@@ -72,6 +72,7 @@ def command(
     from bioclip_cli.retrieval.evaluation import result_rows
     from bioclip_cli.workflows.evaluate import evaluate_run, run_results_path
 
+    output.check_outputs(json_out, csv_out, per_class)
     ks = _int_list(k, "--k")
     level_list = [part.strip() for part in levels.split(",") if part.strip()]
     result = evaluate_run(

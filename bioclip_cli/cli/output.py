@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bioclip_cli.atomic_write import write_text
+from bioclip_cli.atomic_write import resolve_output, write_text
 
 console = Console()  # stdout: results
 err = Console(stderr=True)  # stderr: messages, warnings, hints, progress
@@ -49,6 +49,13 @@ def print_table(
     for row in rows:
         table.add_row(*(_fmt(row.get(col)) for col in columns))
     console.print(table)
+
+
+def check_outputs(*paths: str | Path | None) -> None:
+    """Refuse, before any work, output paths that are folders, devices or pipes (one sentence each)."""
+    for path in paths:
+        if path is not None:
+            resolve_output(path)
 
 
 def write_json(path: str | Path, obj: Any) -> Path:

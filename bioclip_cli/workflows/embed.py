@@ -33,7 +33,12 @@ from bioclip_cli.atomic_write import write_text
 from bioclip_cli.config import load_config, save_config, to_dict
 from bioclip_cli.config.schema import RunConfig
 from bioclip_cli.data.datasets import EvalDataset
-from bioclip_cli.data.embedding_file import EmbeddingFileWriter, embedding_file_paths
+from bioclip_cli.data.embedding_file import (
+    EmbeddingFileWriter,
+    check_free_space,
+    embedding_file_paths,
+    estimated_bytes,
+)
 from bioclip_cli.data.hdf5 import BioscanH5
 from bioclip_cli.errors import BioclipError, ConfigError, DataError
 from bioclip_cli.models.encode import build_embedding_model, encode_rows, lora_merged_if
@@ -248,6 +253,10 @@ def _embed_locked(plan: EmbedPlan, *, split: str, dtype: str | None, batch_size:
                 _write_info(info_path, info)
         return result
 
+    needed = estimated_bytes({r: result.rows[r] for r in todo}, dict.fromkeys(cfg.model.modalities, cfg.model.output_dim),
+                             dtype)  # fmt: skip
+    if main:  # refuse before encoding anything, not after hours of it
+        check_free_space(out_dir, h5_path, needed)
     model = build_embedding_model(cfg, plan.checkpoint).to(accelerator.device)
     start = time.perf_counter()
     batch = batch_size or cfg.eval.batch_size
@@ -274,6 +283,10 @@ def _embed_locked(plan: EmbedPlan, *, split: str, dtype: str | None, batch_size:
             writer.finalize()
             info["complete"] = True
             _write_info(info_path, info)
+    except OSError as exc:  # e.g. the disk filled up: no half-written file is left, one sentence
+        if writer is not None:
+            raise writer.discard(exc, needed) from None
+        raise
     finally:
         if writer is not None:
             writer.close()
