@@ -75,7 +75,9 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_message(tmp_path):
         import os
 
         assert json.loads(path.read_text())["pid"] == os.getpid()
-    assert messages == [f"took over the lock of run {run} left by process {pid} (host {HOST}), which is no longer running"]
+    assert messages == [
+        f"took over the lock of run {run} left by process {pid} (host {HOST}), which is no longer running"
+    ]
 
 
 def test_train_into_a_run_in_use_is_refused_and_writes_nothing(sample_h5, tmp_path):

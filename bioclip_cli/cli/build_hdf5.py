@@ -73,7 +73,7 @@ def command(
     """Build the training HDF5 (published group layout) from the raw release.
 
     JPEG bytes are stored unchanged; bad rows are counted and listed in `<out>.report.json`.
-    The file is written to `<out>.partial` and renamed when complete.
+    The file is written under a hidden partial name beside `<out>` and renamed when complete.
     """
     from bioclip_cli.cli import output
     from bioclip_cli.workflows.build_hdf5 import build_hdf5
@@ -95,6 +95,8 @@ def command(
     output.print_table(report.group_rows(), title=f"{out} ({report.rows_written} specimens)")
     if report.problems:
         output.print_table(report.problem_rows(), title="bad input (ids in the report)")
+    for message in report.warnings:
+        output.warning(message)
     output.success(
         f"wrote {out} in {report.seconds:.1f} s ({report.rows_per_second:,.0f} rows/s); report: {report.report_path}"
     )

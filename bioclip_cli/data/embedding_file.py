@@ -553,15 +553,24 @@ def _read_labels(labels_path: Path, groups: Sequence[str]) -> dict[str, dict[str
                 "use the labels_{split}.json written together with the embedding file",
             )
         rows = raw[key]
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            found = type(rows).__name__ if not isinstance(rows, list) else "a list with non-object rows"
+            raise DataError(
+                labels_path,
+                f"{labels_path.name}: {key!r} must be a list of rows ({{level: label}} objects), got {found}",
+                "use the labels_{split}.json written together with the embedding file",
+            )
         levels = list(rows[0]) if rows else list(LEVELS)
         try:
             out[group] = {
                 level: np.array(["not_classified" if r[level] is None else str(r[level]) for r in rows], dtype=str)
                 for level in levels
             }
-        except (KeyError, TypeError) as exc:
+        except KeyError as exc:
             raise DataError(
-                labels_path, f"{labels_path.name}: a row of {key!r} lacks the level {exc} that its first row has"
+                labels_path,
+                f"{labels_path.name}: a row of {key!r} lacks the level {exc} that its first row has",
+                "use the labels_{split}.json written together with the embedding file",
             ) from None
         if not rows:
             out[group] = {level: np.array([], dtype=str) for level in levels}
