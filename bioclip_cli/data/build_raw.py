@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bioclip_cli.data.dna import gap_count
 from bioclip_cli.data.taxonomy import LEVELS, NOT_CLASSIFIED, clean_rank
 from bioclip_cli.data.worker_stream import shared_buffer
 from bioclip_cli.errors import DataError
@@ -868,6 +869,7 @@ def read_file_into(path: str | bytes, buf: np.ndarray, pos: int) -> tuple[np.nda
         os.close(fd)
 
 
+
 def check_jpeg(data, decode: bool = False) -> str | None:
     """What is wrong with these image bytes (any bytes-like object), or None. Cheap marker check; full decode
     when `decode`."""
@@ -878,6 +880,11 @@ def check_jpeg(data, decode: bool = False) -> str | None:
         return "not a JPEG (no start-of-image marker)"
     if data[-2:] != b"\xff\xd9" and bytes(data[-_EOI_WINDOW:]).rfind(b"\xff\xd9") < 0:
         return "truncated JPEG (no end-of-image marker)"
+    from bioclip_cli.data.images import declared_size_problem, jpeg_size
+
+    problem = declared_size_problem(jpeg_size(bytes(data)))  # the header only: no pixel is decoded
+    if problem:
+        return problem
     if decode:
         from PIL import Image
 
@@ -1012,8 +1019,12 @@ def barcode_problems(barcodes: list[bytes]) -> list[tuple[int, str, str | None]]
     for i, seq in enumerate(barcodes):
         if not seq:
             out.append((i, "empty_barcode", None))
-        elif seq.translate(None, b"ACGTN"):
-            odd = sorted(set(seq.decode("utf-8")) - set("ACGTN"))
+            continue
+        gaps = gap_count(seq)  # alignment gaps: stored as given, removed when tokenised (data/dna.py)
+        if gaps:
+            out.append((i, "alignment_gaps", f"{gaps} gap character(s) '-'/'.', removed when tokenised"))
+        odd = sorted(set(seq.decode("utf-8")) - set("ACGTN-."))
+        if odd:
             out.append((i, "barcode_chars", "characters " + "".join(odd[:20])))
     return out
 

@@ -411,6 +411,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, events: TrainE
         )
 
     stopped = "finished"
+    skipped_images = 0
     start_time = time.perf_counter()
     seconds_before = progress.seconds
     with StopRequest() as stop:
@@ -441,6 +442,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, events: TrainE
                     interval["data"] += time.perf_counter() - fetch
                     if batch is None:
                         break
+                    skipped_images += tc.batch_size - len(batch["index"])  # unreadable images (data.bad_images)
                     batch = batch_to_device(batch, device, cfg)  # uint8 images -> float here
                     with accelerator.accumulate(model):
                         feats = model(batch)
@@ -515,6 +517,8 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, events: TrainE
                     f"{run.resume_state}",
                     f"continue with: bioclip train --out {run.root} --resume",
                 )
+    if skipped_images and main:
+        events.message(f"skipped {skipped_images} training row(s) with unreadable images (data.bad_images: skip)")
     if tc.report_to:
         accelerator.end_training()
     accelerator.wait_for_everyone()
