@@ -52,12 +52,28 @@ def test_eval_json_through_a_symlink_writes_the_target_and_keeps_the_link(tmp_pa
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists() or os.geteuid() != 0, reason="needs /dev/full and root")
-def test_eval_json_to_a_device_is_refused_and_the_device_stays(tmp_path):
+def device_node(folder: Path) -> Path:
+    """A character device like /dev/full, made in `folder` (never the system's own: a regression of the fix
+    would replace the device by a regular file)."""
+    node = folder / "full"
+    try:
+        os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 7))
+    except (PermissionError, OSError):
+        pytest.skip("making a device node needs root (CAP_MKNOD)")
+    return node
+
+
+def test_eval_json_to_a_device_or_fifo_is_refused_and_they_stay(tmp_path):
     h5, labels = embedding_files(tmp_path)
-    result = run_cli("eval", "--embeddings", str(h5), "--labels", str(labels), "--json", "/dev/full")
-    one_error(result, "/dev/full is not a regular file", "refusing to replace it")
-    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+    device = device_node(tmp_path)
+    result = run_cli("eval", "--embeddings", str(h5), "--labels", str(labels), "--json", str(device))
+    one_error(result, f"{device} is not a regular file", "refusing to replace it")
+    assert stat.S_ISCHR(os.stat(device).st_mode)
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    one_error(run_cli("eval", "--embeddings", str(h5), "--labels", str(labels), "--json", str(fifo), timeout=60),
+              f"{fifo} is not a regular file")  # fmt: skip
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
 
 
 def test_a_folder_as_the_output_is_one_sentence_before_any_work(tmp_path):
