@@ -289,7 +289,10 @@ def _embed_locked(plan: EmbedPlan, *, split: str, dtype: str | None, batch_size:
         raise
     finally:
         if writer is not None:
-            writer.close()
+            try:
+                writer.close()  # flushes: on a full disk this is where h5py fails
+            except OSError as exc:
+                raise writer.discard(exc, needed) from None
     accelerator.wait_for_everyone()
     result.seconds = time.perf_counter() - start
     return result
