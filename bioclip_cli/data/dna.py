@@ -35,12 +35,14 @@ _BAD = 128  # any byte that is not A, C, G or T maps to a value with this bit se
 _TABLE = bytes({ord("A"): 0, ord("C"): 1, ord("G"): 2, ord("T"): 3}.get(c, _BAD) for c in range(256))
 
 _CHUNK = 4096  # sequences per numpy pass: keeps the working set in cache
-GAP_CHARS = "-."
-_NO_GAPS = str.maketrans("", "", GAP_CHARS)
+
+GAP_CHARACTERS = "-."  # alignment gaps in aligned FASTA/CSV barcodes: removed, never read as k-mer letters
+_NO_GAPS = str.maketrans("", "", GAP_CHARACTERS)
 
 
 def strip_gaps(seq: str) -> str:
-    """`seq` without alignment gap characters (`-`, `.`): the rule of build-hdf5, embed, train and predict."""
+    """A barcode without its alignment gap characters (``-`` and ``.``): the one rule of build-hdf5 (reported),
+    manifests, training, embed and predict."""
     return seq.translate(_NO_GAPS)
 
 
