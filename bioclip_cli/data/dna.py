@@ -1,7 +1,7 @@
 """BarcodeBERT's k-mer tokenizer (docs/method.md, Model), vectorised over a batch with numpy.
 
 Vocabulary: ``<MASK>``=0, ``<CLS>``=1, ``<UNK>``=2, then the 4**k k-mers over ACGT in lexicographic order
-(k=5: AAAAA=3 ... TTTTT=1026). A k-mer holding any other character (N, IUPAC codes, '-', lower case,
+(k=5: AAAAA=3 ... TTTTT=1026). A k-mer holding any other character (N, IUPAC codes, a kept '-', lower case,
 anything non-ASCII) is ``<UNK>``. Each barcode is truncated to ``max_len`` characters or right-padded with
 'N', cut into ``max_len // k`` non-overlapping k-mers, mapped to ids, and ``prefix_id`` is prepended
 (compat: 0, so BarcodeBERT v1 always sees 133 ids).
