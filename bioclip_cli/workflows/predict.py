@@ -261,18 +261,20 @@ def _prepare(inputs: list[QueryInput], cfg) -> tuple[list[Prediction], dict, dic
             else:
                 pixels[i] = tensor
         if q.dna is not None:
-            seq = clean_barcode(q.dna)
-            gaps = gap_count(seq)
-            if gaps and d.gaps == "strip":  # aligned FASTA: read as the sequence it aligns (as embed and train do)
-                seq = strip_gaps(seq)
-                predictions[i].notes.append(
-                    f"barcode {q.dna_name}: removed {gaps} alignment gap character(s) ('-', '.') before embedding"
-                )
+            given = clean_barcode(q.dna)
+            gaps = gap_count(given) if d.gaps == "strip" else 0
+            seq = strip_gaps(given) if gaps else given  # aligned FASTA: read as the sequence it aligns, as in training
             problem = barcode_problem(seq, d.k, d.max_len)
+            if problem and gaps and problem.startswith("not a DNA sequence"):  # positions as the user wrote them
+                problem = barcode_problem(given.replace(".", "-"), d.k, d.max_len)
             if problem:
                 problems.append(f"barcode {q.dna_name}: {problem}" if q.image is not None else problem)
             else:
                 barcodes[i] = seq
+                if gaps:
+                    predictions[i].notes.append(
+                        f"barcode {q.dna_name}: removed {gaps} alignment gap character(s) ('-', '.') before embedding"
+                    )
                 if len(seq) > d.max_len:
                     predictions[i].notes.append(
                         f"barcode {q.dna_name} has {len(seq)} nt; the model reads its first {d.max_len} (as in training)"
