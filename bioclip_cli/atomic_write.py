@@ -10,7 +10,8 @@ What "the place the user meant" is (the faults it guards against are in docs/arc
 - a directory, device (e.g. `/dev/full`), FIFO or socket at the path is refused with one sentence, never
   replaced by a regular file;
 - a missing parent folder is created; a parent that cannot be created or written is one sentence;
-- "No space left on device" names the file and, when known, the bytes it needed.
+- "No space left on device" names the file and, when known, the bytes it needed; :func:`check_free_space`
+  refuses a known-size output before any work.
 
 The standard library has no atomic replace that follows links and refuses special files, and the
 packages that offer atomic writes (e.g. `atomicwrites`) are unmaintained or do neither; hence this module.
@@ -117,6 +118,25 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+SPACE_MARGIN = 1 << 20  # metadata, ids, a labels JSON: small beside the arrays an estimate counts
+
+
+def check_free_space(folder: str | Path, target: str | Path, needed: int) -> None:
+    """OutputError before any writing when the disk holding `folder` has less than `needed` bytes (plus a
+    small margin) free: a long job is refused at once, not after hours of work."""
+    import shutil
+
+    probe = Path(folder)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed + SPACE_MARGIN:
+        raise OutputError(
+            f"No space left on device writing {target} ({needed + SPACE_MARGIN:,} bytes needed, {free:,} free)",
+            "free some space, or write elsewhere with --out",
+        )
 
 
 def describe_os_error(exc: OSError, path: Path, needed: int | None = None) -> OutputError:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,9 +90,6 @@ def all_key_features(image: np.ndarray, dna: np.ndarray, text: np.ndarray) -> np
 
 # ------------------------------------------------------------------------------------------------ write
 
-_SPACE_MARGIN = 1 << 20  # HDF5 metadata, ids and the labels JSON: small beside the feature arrays
-
-
 def estimated_bytes(rows: Mapping[str, int], widths: Mapping[str, int], dtype: str = "float32") -> int:
     """Bytes the feature arrays of an embedding file take: rows x width x dtype size over every dataset
     (encoded, derived and the key group's all_key_features), for `rows[group]` and `widths[image|dna|text]`."""
@@ -104,20 +100,6 @@ def estimated_bytes(rows: Mapping[str, int], widths: Mapping[str, int], dtype: s
         for name, width in _derived_layout(group, encoded).items():
             total += (3 * n if name == "all_key_features" else n) * width * itemsize
     return total
-
-
-def check_free_space(folder: str | Path, target: str | Path, needed: int) -> None:
-    """OutputError before any writing when the disk holding `folder` has less than `needed` bytes free."""
-    folder = Path(folder)
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if free < needed + _SPACE_MARGIN:
-        raise OutputError(
-            f"No space left on device writing {target} ({needed + _SPACE_MARGIN:,} bytes needed, {free:,} free)",
-            "free some space, or write elsewhere with --out",
-        )
 
 
 def _canonical_features(features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -34,16 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bioclip_cli.atomic_write import write_text
+from bioclip_cli.atomic_write import check_free_space, write_text
 from bioclip_cli.config import load_config, save_config, to_dict
 from bioclip_cli.config.schema import RunConfig
 from bioclip_cli.data.datasets import EvalDataset
-from bioclip_cli.data.embedding_file import (
-    EmbeddingFileWriter,
-    check_free_space,
-    embedding_file_paths,
-    estimated_bytes,
-)
+from bioclip_cli.data.embedding_file import EmbeddingFileWriter, embedding_file_paths, estimated_bytes
 from bioclip_cli.data.hdf5 import BioscanH5
 from bioclip_cli.errors import BioclipError, ConfigError, DataError
 from bioclip_cli.models.device import resolve_device
