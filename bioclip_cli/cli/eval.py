@@ -66,6 +66,14 @@ def command(
             "--device", help="Search on: auto (faiss-gpu, else torch on CUDA, else faiss CPU), cpu, cuda, cuda:N, mps."
         ),
     ] = "auto",
+    search: Annotated[
+        Literal["screened", "exact"],
+        typer.Option(
+            "--search",
+            help="Exact search by a bf16 screen + faiss rescoring (screened: the same lists, faster on CPU; "
+            "docs/lowp_search.md) or plain faiss float32 (exact).",
+        ),
+    ] = "screened",
 ) -> None:
     """Micro and macro top-k accuracy per level, seen and unseen, and their harmonic mean."""
     from bioclip_cli.cli import output
@@ -76,7 +84,7 @@ def command(
     level_list = [part.strip() for part in levels.split(",") if part.strip()]
     result = evaluate_run(
         run, embeddings, labels, split=split, queries=query, keys=key, ks=ks, levels=level_list,
-        index=index, device=device, per_class=per_class is not None,
+        index=index, device=device, per_class=per_class is not None, search=search,
     )  # fmt: skip
 
     shown = [

@@ -68,6 +68,10 @@ def command(
     device: DeviceOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Inputs embedded per batch.")] = 32,
     which: Annotated[str, typer.Option("--which", help="Checkpoint of the run: best or last.")] = "best",
+    search: Annotated[
+        Literal["screened", "exact"],
+        typer.Option("--search", help="screened: bf16 screen + faiss rescoring (same neighbours); exact: faiss."),
+    ] = "screened",
 ) -> None:
     """Embed photographs and/or barcodes with a run's model and list the k nearest reference specimens of its keys.
 
@@ -84,7 +88,8 @@ def command(
         raise BioclipError("--run is required: the run whose model and key embeddings identify the specimens",
                            "bioclip predict specimen.jpg --run runs/demo")  # fmt: skip
     result = predict(
-        run, images or [], dna or [], dna_fasta, k=k, key=key, device=device, batch_size=batch_size, which=which
+        run, images or [], dna or [], dna_fasta, k=k, key=key, device=device, batch_size=batch_size, which=which,
+        search=search,
     )
     for note in result.notes:
         output.warning(note)

@@ -329,10 +329,11 @@ def _embed(cfg, checkpoint: Path, device: str | None, batch_size: int, pixels: d
 
 
 def _search(
-    predictions: list[Prediction], feats: dict, ef, key: str, k: int, device: str | None, run_root: Path
+    predictions: list[Prediction], feats: dict, ef, key: str, k: int, device: str | None, run_root: Path,
+    search: str = "screened",
 ) -> int:
     """Fill the neighbours and consensus of every prepared input; returns the number of keys."""
-    from bioclip_cli.retrieval.search import FlatIndex
+    from bioclip_cli.retrieval.screened_search import exact_index
 
     n_keys = ef.n_rows("key")
     if n_keys < 1:
@@ -345,7 +346,7 @@ def _search(
         if p.ok:
             by_key.setdefault(AUTO_KEYS[p.query] if key == "auto" else key, []).append(i)
     for key_feature, rows in by_key.items():
-        index = FlatIndex(np.asarray(ef.dataset("key", key_feature)[()]), device=device or "auto")
+        index = exact_index(np.asarray(ef.dataset("key", key_feature)[()]), search=search, device=device or "auto")
         queries = np.stack([_query_vector(feats, i, predictions[i].query) for i in rows])
         if queries.shape[1] != index.dim:
             raise DataError(
@@ -381,12 +382,14 @@ def predict(
     batch_size: int = 32,
     which: str = "best",
     split: str = "val",
+    search: str = "screened",
 ) -> PredictResult:
     """Identify photographs and/or barcodes against the key embeddings of run directory `run`.
 
     `key`: the key feature to search (see the module docstring); `device`: torch device for the model and
     the search (default: the best available); `which`: the run's best or last checkpoint; `split`: whose
-    exported embeddings hold the keys (the key group is the same for val and test).
+    exported embeddings hold the keys (the key group is the same for val and test); `search`: screened or
+    exact (the same neighbours; see docs/lowp_search.md).
     """
     from bioclip_cli.config import load_run_config
 
@@ -423,7 +426,7 @@ def predict(
         {i: x for i, x in pixels.items() if i in valid}, {i: s for i, s in barcodes.items() if i in valid},
     )  # fmt: skip
     with read_embedding_file(h5_path, labels_path) as ef:
-        n_keys = _search(predictions, feats, ef, key, k, device, rd.root)
+        n_keys = _search(predictions, feats, ef, key, k, device, rd.root, search)
     return PredictResult(rd.root, checkpoint, h5_path, n_keys, k, predictions, notes)
 
 
