@@ -217,8 +217,21 @@ class ScreenedIndex:
         """(query row, key id) pairs that may reach each query's top-k, sorted by row, then id."""
         import torch
 
-        nq = queries.shape[0]
         q = queries.to(self.device)
+        cuda = torch.device(self.device).type == "cuda"
+        reduced = cuda and torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction
+        if reduced:  # the bound needs float32 accumulation: no bf16 partial sums (split-K) in cuBLAS
+            torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+        try:
+            return self._screen_blocks(q, slack, k)
+        finally:
+            if reduced:
+                torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = True
+
+    def _screen_blocks(self, q, slack: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        nq = q.shape[0]
         best = torch.full((k, nq), -float("inf"), dtype=torch.bfloat16, device=self.device)  # running top-k
         found: list[tuple] = []
         n_total = self._key_rows.shape[0]
