@@ -1,4 +1,4 @@
-"""DESIGN.md's layers: each module imports only from its own layer or the layers before it."""
+"""The layers of docs/architecture.md: each module imports only from its own layer or the layers before it."""
 
 from __future__ import annotations
 

@@ -7,13 +7,15 @@ from typing import Annotated, Literal
 
 import typer
 
-from bioclip_cli.cli.options import DeviceOpt, RunOpt, examples
+from bioclip_cli.cli.options import DeviceOpt, FormatOpt, OutputOpt, RunOpt, WhichOpt, examples
 
 EXAMPLES = examples(
     "bioclip predict specimen.jpg --run runs/demo",
     "bioclip predict a.jpg b.jpg --run runs/idt-5m --k 5 --format csv --output predictions.csv",
     "bioclip predict --dna-fasta barcodes.fasta --run runs/idt-5m --format json",
     "bioclip predict photo.jpg --dna ACGT... --run runs/idt-5m   # photograph + its barcode, averaged",
+    "bioclip predict photos/ --run runs/demo --keys library.h5 --log provenance.json",
+    "bioclip predict --manifest specimens.csv --run runs/demo --format csv --output ids.csv",
 )
 
 
@@ -33,19 +35,11 @@ def _table(result) -> None:
             output.warning(f"{p.input}: {note}")
 
 
-def _csv_text(rows: list[dict], columns) -> str:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def command(
-    images: Annotated[list[Path] | None, typer.Argument(help="Specimen photographs.", show_default=False)] = None,
+    images: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Specimen photographs: files, folders (searched recursively) or globs.", show_default=False),
+    ] = None,
     run: RunOpt = None,
     dna: Annotated[
         list[str] | None, typer.Option("--dna", help="A DNA barcode (repeatable).", show_default=False)
@@ -58,20 +52,32 @@ def command(
         Literal["auto", "image", "dna", "text", "avg", "all"],
         typer.Option("--key", help="Key embeddings to search; auto: image->image, DNA->DNA, both->averaged."),
     ] = "auto",
-    format: Annotated[Literal["table", "csv", "json"], typer.Option("--format", help="table, csv or json.")] = "table",
-    output_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--output", "-o", help="Also write the results to this file (.json: JSON, else CSV).", show_default=False
-        ),
-    ] = None,
+    format: FormatOpt = "table",
+    output_file: OutputOpt = None,
     device: DeviceOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Inputs embedded per batch.")] = 32,
-    which: Annotated[str, typer.Option("--which", help="Checkpoint of the run: best or last.")] = "best",
-    search: Annotated[
-        Literal["screened", "exact"],
-        typer.Option("--search", help="screened: bf16 screen + faiss rescoring (same neighbours); exact: faiss."),
-    ] = "screened",
+    which: WhichOpt = "best",
+    manifest: Annotated[
+        Path | None,
+        typer.Option("--manifest", help="CSV/TSV pairing photographs and barcodes by id.", show_default=False),
+    ] = None,
+    keys: Annotated[
+        Path | None,
+        typer.Option(
+            "--keys",
+            help="Search this reference library (bioclip library build) or embedding file instead of the run's keys.",
+            show_default=False,
+        ),
+    ] = None,
+    index: Annotated[
+        Literal["auto", "flat", "ivf"],
+        typer.Option("--index", help="With --keys: exact (flat), approximate (ivf), or auto (by library size)."),
+    ] = "auto",
+    log: Annotated[
+        Path | None,
+        typer.Option("--log", help="Write a provenance record (versions, model and library, time, arguments).",
+                     show_default=False),  # fmt: skip
+    ] = None,
 ) -> None:
     """Embed photographs and/or barcodes with a run's model and list the k nearest reference specimens of its keys.
 
@@ -88,27 +94,21 @@ def command(
         raise BioclipError("--run is required: the run whose model and key embeddings identify the specimens",
                            "bioclip predict specimen.jpg --run runs/demo")  # fmt: skip
     result = predict(
-        run, images or [], dna or [], dna_fasta, k=k, key=key, device=device, batch_size=batch_size, which=which,
-        search=search,
-    )
+        run, images or [], dna or [], dna_fasta, manifest=manifest, keys=keys, index=index, k=k, key=key,
+        device=device, batch_size=batch_size, which=which,
+    )  # fmt: skip
+    if log is not None:
+        import sys
+
+        from bioclip_cli.workflows.predict import write_provenance
+
+        output.info(f"provenance: {write_provenance(log, result, sys.argv)}")
     for note in result.notes:
         output.warning(note)
-    if format == "table":
-        _table(result)
-    elif format == "csv":
-        output.console.print(_csv_text(result.rows(), ROW_COLUMNS), markup=False, highlight=False, emoji=False,
-                             soft_wrap=True, end="")  # fmt: skip
-    else:
-        import json
-
-        output.console.print(json.dumps(result.to_dict(), indent=2), markup=False, highlight=False, emoji=False,
-                             soft_wrap=True)  # fmt: skip
-    if output_file is not None:
-        if output_file.suffix.lower() == ".json":
-            output.write_json(output_file, result.to_dict())
-        else:
-            output.write_csv(output_file, result.rows(), ROW_COLUMNS)
-        output.info(f"wrote {output_file}")
+    output.emit(
+        result.rows(), format, output_file, columns=ROW_COLUMNS, json_obj=result.to_dict(),
+        show_table=lambda: _table(result),
+    )  # fmt: skip
     failed = result.failed
     for p in failed:
         output.warning(f"{p.input}: {p.error}")

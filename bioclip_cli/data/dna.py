@@ -1,4 +1,4 @@
-"""BarcodeBERT's k-mer tokenizer (SPEC §1), vectorised over a batch with numpy.
+"""BarcodeBERT's k-mer tokenizer (docs/method.md, Model), vectorised over a batch with numpy.
 
 Vocabulary: ``<MASK>``=0, ``<CLS>``=1, ``<UNK>``=2, then the 4**k k-mers over ACGT in lexicographic order
 (k=5: AAAAA=3 ... TTTTT=1026). A k-mer holding any other character (N, IUPAC codes, '-', lower case,
@@ -29,6 +29,14 @@ _BAD = 128  # any byte that is not A, C, G or T maps to a value with this bit se
 _TABLE = bytes({ord("A"): 0, ord("C"): 1, ord("G"): 2, ord("T"): 3}.get(c, _BAD) for c in range(256))
 
 _CHUNK = 4096  # sequences per numpy pass: keeps the working set in cache
+
+
+GAP_CHARACTERS = "-."  # alignment gaps in aligned FASTA/CSV barcodes: removed, never read as k-mer letters
+
+
+def strip_gaps(seq: str) -> str:
+    """A barcode without its alignment gap characters (``-`` and ``.``)."""
+    return seq.replace("-", "").replace(".", "")
 
 
 def vocab_size(k: int = 5) -> int:
