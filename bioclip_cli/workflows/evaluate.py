@@ -13,6 +13,7 @@ from bioclip_cli.atomic_write import write_text
 from bioclip_cli.data.embedding_file import embedding_file_paths
 from bioclip_cli.errors import BioclipError, DataError
 from bioclip_cli.retrieval.evaluation import evaluate_embeddings
+from bioclip_cli.run_lock import run_lock
 
 
 def run_embedding_paths(run: str | Path, split: str = "val") -> tuple[Path, Path]:
@@ -66,9 +67,10 @@ def evaluate_run(
             )
         return evaluate_embeddings(embeddings, labels, **options)
     embeddings, labels = run_embedding_paths(run, split)
-    result = evaluate_embeddings(embeddings, labels, **options)
-    result["inputs"].update(run=str(run), split=split)
-    saved = {k: v for k, v in result.items() if k != "per_class"}
-    path = run_results_path(run, split)
-    write_text(path, json.dumps(saved, indent=2) + "\n")
+    with run_lock(run, "bioclip eval"):  # no train or embed rewrites the run meanwhile
+        result = evaluate_embeddings(embeddings, labels, **options)
+        result["inputs"].update(run=str(run), split=split)
+        saved = {k: v for k, v in result.items() if k != "per_class"}
+        path = run_results_path(run, split)
+        write_text(path, json.dumps(saved, indent=2) + "\n")
     return result

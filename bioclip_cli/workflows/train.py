@@ -29,6 +29,7 @@ from pathlib import Path
 from bioclip_cli.config import load_config, load_run_config, save_config, to_dict
 from bioclip_cli.config.schema import MODALITIES, RunConfig
 from bioclip_cli.errors import BioclipError, ConfigError, DataError, Interrupted
+from bioclip_cli.run_lock import run_lock
 from bioclip_cli.workflows.run_dir import RunDir, default_run_dir, list_runs
 from bioclip_cli.workflows.train_state import (
     PROGRESS_FILE,
@@ -232,8 +233,16 @@ def _eval_features(cfg: RunConfig, modalities) -> tuple[list[str], list[str]]:
 def train(
     cfg: RunConfig, run_dir: str | Path | None = None, *, resume: bool = False, events: TrainEvents | None = None
 ) -> TrainResult:
-    """Train `cfg` into `run_dir` (default `runs/<cfg.name>`); `resume=True` continues its saved state."""
+    """Train `cfg` into `run_dir` (default `runs/<cfg.name>`); `resume=True` continues its saved state.
+
+    The run directory is held exclusively for the whole call (:func:`bioclip_cli.run_lock.run_lock`)."""
     events = events or TrainEvents()
+    root = Path(run_dir) if run_dir is not None else default_run_dir(cfg.name)
+    with run_lock(root, "bioclip train", on_takeover=events.message):
+        return _train_locked(cfg, root, resume=resume, events=events)
+
+
+def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, events: TrainEvents) -> TrainResult:
     if not cfg.train.enabled:
         raise ConfigError(
             "train.enabled",
@@ -242,7 +251,7 @@ def train(
         )
     if len(cfg.model.modalities) < 2:
         raise ConfigError("model.modalities", "contrastive training needs at least two modalities")
-    run = RunDir(Path(run_dir) if run_dir is not None else default_run_dir(cfg.name))
+    run = RunDir(run_dir)
     check_run_dir(run, resume)
     n_train = check_data(cfg)
     check_init(cfg)
@@ -298,7 +307,7 @@ def train(
             return TrainResult(run.root, progress.epoch, progress.step, progress.samples, progress.seconds,
                                "already complete", _best_info(cfg, progress), is_main=main)  # fmt: skip
 
-    if main:
+    if main and not resume:
         save_config(cfg, run.config)
     metrics = MetricsLog(run.metrics, main, fresh=not resume, keep_until_step=progress.step if resume else None)
 
@@ -338,6 +347,7 @@ def train(
                 "resume with the run's own settings, or start a new run with --out",
             ) from None
     if resume and main:
+        save_config(cfg, run.config)  # only now: a refused resume leaves the run's configuration as it was
         events.message(
             f"resuming {run.root} at epoch {progress.epoch + 1}, batch {progress.batch} of {sampler.batches_per_epoch}"
             f" (step {progress.step})"
@@ -421,6 +431,7 @@ def train(
         )
 
     stopped = "finished"
+    skipped_images = 0
     start_time = time.perf_counter()
     seconds_before = progress.seconds
     with StopRequest() as stop:
@@ -451,6 +462,7 @@ def train(
                     interval["data"] += time.perf_counter() - fetch
                     if batch is None:
                         break
+                    skipped_images += tc.batch_size - len(batch["index"])  # unreadable images (data.bad_images)
                     batch = batch_to_device(batch, device, cfg)  # uint8 images -> float here
                     with accelerator.accumulate(model):
                         if tc.micro_batch_size:  # gradient caching: the full-batch loss, micro-batch memory
@@ -530,6 +542,8 @@ def train(
                     f"{run.resume_state}",
                     f"continue with: bioclip train --out {run.root} --resume",
                 )
+    if skipped_images and main:
+        events.message(f"skipped {skipped_images} training row(s) with unreadable images (data.bad_images: skip)")
     if tc.report_to:
         accelerator.end_training()
     accelerator.wait_for_everyone()
