@@ -264,6 +264,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, events: TrainE
     from bioclip_cli.models.build import build_model
     from bioclip_cli.models.checkpoint import save_checkpoint
     from bioclip_cli.models.encode import encode_group, ignore_sigint
+    from bioclip_cli.models.grad_cache import grad_cache_step
     from bioclip_cli.models.loss import ClipLoss
     from bioclip_cli.progress import Bar, progress_bar
     from bioclip_cli.retrieval.evaluation import evaluate_arrays
@@ -373,7 +374,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, events: TrainE
             result = evaluate_arrays(
                 {"seen": feats["seen"], "unseen": feats["unseen"]}, feats["key"],
                 {"seen": eval_sets["seen"].labels, "unseen": eval_sets["unseen"].labels}, eval_sets["key"].labels,
-                queries=queries, keys=keys, ks=ks, levels=levels,
+                queries=queries, keys=keys, ks=ks, levels=levels, search=cfg.eval.search,
             )  # fmt: skip
             value = _selection(cfg, result)
             is_best = progress.best_value is None or value > progress.best_value
@@ -464,9 +465,14 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, events: TrainE
                     skipped_images += tc.batch_size - len(batch["index"])  # unreadable images (data.bad_images)
                     batch = batch_to_device(batch, device, cfg)  # uint8 images -> float here
                     with accelerator.accumulate(model):
-                        feats = model(batch)
-                        loss = loss_fn(feats, raw.logit_scale)
-                        accelerator.backward(loss)
+                        if tc.micro_batch_size:  # gradient caching: the full-batch loss, micro-batch memory
+                            loss = grad_cache_step(
+                                model, batch, loss_fn, lambda: raw.logit_scale, tc.micro_batch_size,
+                                backward=accelerator.backward, no_sync=lambda: accelerator.no_sync(model),
+                            )  # fmt: skip
+                        else:
+                            loss = loss_fn(model(batch), raw.logit_scale)
+                            accelerator.backward(loss)
                         micro_losses.append(loss.detach().float())
                         synced = accelerator.sync_gradients
                         if synced:
