@@ -83,6 +83,7 @@ def _screened(queries: np.ndarray, keys: np.ndarray, neighbors: np.ndarray, fais
         "screened_candidates_per_query": stats.mean_candidates,
         "screened_fallback_groups": stats.fallback_groups,
         "screened_groups": stats.groups,
+        "screened_replayed_queries": stats.replayed_queries,
         "load_before_screened": load,
         "load_after_screened": _load(),
     }
@@ -161,7 +162,8 @@ def main(scale: float = 1.0, torch_chunk: int = 512, seed: int = 0, torch_baseli
         f"faiss (build + search) / screened (build + search): {result['faiss_vs_screened']:.2f}x faster; "
         f"same top-5 lists: {100 * result['screened_same_lists']:.3f}%; "
         f"{result['screened_candidates_per_query']:.1f} keys rescored per query, "
-        f"{result['screened_fallback_groups']} of {result['screened_groups']} query groups fell back; "
+        f"{result['screened_fallback_groups']} of {result['screened_groups']} query groups fell back, "
+        f"{result['screened_replayed_queries']} near-tied queries replayed; "
         f"load average {load_before:.1f} before faiss, {result['load_before_screened']:.1f} / "
         f"{result['load_after_screened']:.1f} before / after the screened search"
     )

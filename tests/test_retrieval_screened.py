@@ -177,3 +177,32 @@ def test_evaluation_screened_equals_exact_and_is_recorded():
     assert screened["results"] == exact["results"]
     assert screened["inputs"]["search"] == "screened" and exact["inputs"]["search"] == "exact"
     assert screened["inputs"]["backend"] == "faiss-cpu (cpu)"
+
+
+def _near_tied_keys(queries: np.ndarray, n_random: int, rng) -> np.ndarray:
+    """Random keys plus, for each query, two keys near it whose exact scores differ by far less than a
+    float32 ulp: which of the two faiss ranks first depends on how its BLAS call sums the products."""
+    n, d = queries.shape
+    a = queries * 0.8 + _unit(rng, n, d) * 0.6
+    b = a + rng.standard_normal((n, d)).astype(np.float32) * 2e-7  # a few ulps of each element
+    pairs = np.empty((2 * n, d), dtype=np.float32)
+    pairs[0::2], pairs[1::2] = a, b
+    keys = np.concatenate([_unit(rng, n_random, d), pairs])
+    return keys[rng.permutation(len(keys))]
+
+
+def test_near_ties_come_out_in_the_order_of_faiss_over_all_queries_at_once():
+    """The rescoring calls faiss on other shapes than the reference call (one search over all queries), so
+    near-tied keys got float32 scores a few ulps apart from the reference's and could swap; the near-tied
+    queries are now replayed in the reference's BLAS blocks."""
+    rng = np.random.default_rng(5)
+    queries = _unit(rng, 4500, 256)  # two faiss query blocks (4,096 + 404)
+    keys = _near_tied_keys(queries, 6000, rng)  # 15,000 keys: 15 key blocks, the last one partial
+    ref_scores, ref_indices = FlatIndex(keys, device="cpu", normalize=False).search(queries, 5, normalize=False)
+    index = ScreenedIndex(keys, normalize=False)
+    scores, indices = index.search(queries, 5, normalize=False)
+    np.testing.assert_array_equal(indices, ref_indices)
+    assert index.stats.replayed_queries > 0
+    assert index.stats.fallback_groups == 0
+    replayed = np.flatnonzero((scores == ref_scores).all(axis=1))  # replayed rows carry the reference's scores
+    assert len(replayed) >= index.stats.replayed_queries

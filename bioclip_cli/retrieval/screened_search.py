@@ -35,7 +35,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bioclip_cli.retrieval.search import FlatIndex, _check_k, _min_chunk, _unit_rows, resolve_backend
+from bioclip_cli.retrieval.blas_replay import replay_scores
+from bioclip_cli.retrieval.search import (
+    DEFAULT_CHUNK,
+    FlatIndex,
+    _check_k,
+    _chunks,
+    _min_chunk,
+    _unit_rows,
+    resolve_backend,
+)
 
 SEARCHES = ("screened", "exact")  # `eval.search`, `--search`
 
@@ -63,6 +72,7 @@ class ScreenStats:
     rescored_pairs: int = 0
     groups: int = 0
     fallback_groups: int = 0
+    replayed_queries: int = 0
     union_sizes: list[int] = field(default_factory=list)
 
     @property
@@ -196,22 +206,47 @@ class ScreenedIndex:
         self.stats = ScreenStats(queries=n)
         scores = np.empty((n, k), dtype=np.float32)
         indices = np.empty((n, k), dtype=np.int64)
+        direct = self.n_keys < MIN_KEYS or k * GROUP > self.n_keys // 4 or n < RESCORE_QUERIES
+        direct = direct or k >= _faiss().cvar.distance_compute_min_k_reservoir  # its tie rule: not replayed
+        if direct:  # faiss over all queries, in FlatIndex's chunks: its blocks are those of one call
+            for s, e in _chunks(n, DEFAULT_CHUNK, _min_chunk(n)):
+                scores[s:e], indices[s:e] = self._full_search(queries[s:e], k)
+                if progress is not None:
+                    progress(e - s)
+            return scores, indices
         block = max(chunk_size, RESCORE_QUERIES, _min_chunk(n))
         bounds = [(s, min(n, s + block)) for s in range(0, n, block)]
         if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < RESCORE_QUERIES:
             bounds[-2:] = [(bounds[-2][0], n)]
-        direct = self.n_keys < MIN_KEYS or k * GROUP > self.n_keys // 4 or n < RESCORE_QUERIES
-        rounded = None if direct else round_bf16(queries)
-        slack = None if direct else coarse_slack(rounded, self._screen_keys(), self.dim)
+        rounded = round_bf16(queries)
+        slack = coarse_slack(rounded, self._screen_keys(), self.dim)
+        tied_rows, tied_cols = [], []
         for s, e in bounds:
-            if direct:
-                scores[s:e], indices[s:e] = self._full_search(queries[s:e], k)
-            else:
-                rows, cols = self._screen(rounded.rows[s:e], slack[s:e], k)
-                self._rescore(queries[s:e], rows, cols, k, scores[s:e], indices[s:e])
+            rows, cols = self._screen(rounded.rows[s:e], slack[s:e], k)
+            self._rescore(queries[s:e], rows, cols, k, scores[s:e], indices[s:e])
+            t_rows, t_cols = near_tie_windows(queries[s:e], self._keys, rows, cols, k)
+            tied_rows.append(t_rows + s)
+            tied_cols.append(t_cols)
             if progress is not None:
                 progress(e - s)
+        self._replay(queries, np.concatenate(tied_rows), np.concatenate(tied_cols), k, scores, indices)
         return scores, indices
+
+    def _replay(self, queries, rows, cols, k, scores_out, indices_out) -> None:
+        """The near-tied queries' lists from their window keys' scores in the reference call (faiss over all
+        `queries` at once), kept as faiss's heap keeps them (:func:`heap_survivors`) and listed by score,
+        then id descending (faiss's order)."""
+        if rows.size == 0:
+            return
+        replayed = replay_scores(queries, self._keys, rows, cols)
+        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        self.stats.replayed_queries += len(starts)
+        for a, b in zip(starts, [*starts[1:], len(rows)], strict=True):
+            f, ids = replayed[a:b], cols[a:b]
+            kept = heap_survivors(f, k)
+            f, ids = f[kept], ids[kept]
+            order = np.lexsort((-ids, -f))
+            scores_out[rows[a]], indices_out[rows[a]] = f[order], ids[order]
 
     def _screen(self, queries, slack: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(query row, key id) pairs that may reach each query's top-k, sorted by row, then id."""
@@ -289,6 +324,70 @@ class ScreenedIndex:
             self._faiss_index = _faiss().IndexFlatIP(self.dim)
             self._faiss_index.add(self._keys)
         return self._faiss_index.search(queries, k)
+
+
+def heap_survivors(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k keys faiss's top-k heap keeps, `scores` in ascending key-id order (those of at
+    least the k-th largest score suffice: lower ones never change which of them are kept).
+
+    faiss scans keys by ascending id and inserts a key only if its score beats the heap's worst strictly;
+    among equal scores the heap's worst is the lowest id. So with `v` the k-th largest score, every key
+    above `v` enters; a key at `v` enters only while fewer than k keys at or above `v` are in the heap, and
+    each later key above `v` that finds the heap full evicts the lowest-id key at `v`.
+    """
+    v = np.partition(scores, len(scores) - k)[len(scores) - k]
+    heap: list[int] = []
+    ties: list[int] = []  # heap members at v, ascending id
+    for pos in np.flatnonzero(scores >= v):
+        if len(heap) < k:
+            heap.append(pos)
+            if scores[pos] == v:
+                ties.append(pos)
+        elif scores[pos] > v:
+            heap.remove(ties.pop(0))
+            heap.append(pos)
+    return np.array(heap, dtype=np.int64)
+
+
+def _exact_scores(queries, keys, rows, cols, step: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """float64 `q·k` and `Σ|qᵢkᵢ|` of the pairs (queries[rows], keys[cols])."""
+    dots, absums = np.empty(len(rows)), np.empty(len(rows))
+    for s in range(0, len(rows), step):
+        q = queries[rows[s : s + step]].astype(np.float64)
+        x = keys[cols[s : s + step]].astype(np.float64)
+        dots[s : s + step] = np.einsum("ij,ij->i", q, x)
+        absums[s : s + step] = np.einsum("ij,ij->i", np.abs(q), np.abs(x))
+    return dots, absums
+
+
+def near_tie_windows(queries, keys, rows, cols, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates (rows, cols; sorted by row) whose order in faiss's reference call the rescoring call
+    cannot vouch for (docs/lowp_search.md, "Near ties"): for each query whose top-k window holds more than
+    k keys or two keys whose possible reference scores overlap, every key of that window.
+
+    Any float32 score faiss computes for a pair, in any call, lies within `β = γ_d Σ|qᵢkᵢ|` of the exact
+    `q·k` (computed here in float64; `β` inflated by a relative 1e-6 for that arithmetic). With `T` the
+    k-th largest `q·k − β`, the window is the keys with `q·k + β ≥ T`: it holds the reference's top-k.
+    `rows` must give every query at least k candidates (the screen does).
+    """
+    d = queries.shape[1]
+    gamma = d * _U32 / (1 - d * _U32)
+    exact, absum = _exact_scores(queries, keys, rows, cols)
+    beta = gamma * absum * (1 + 1e-6) + _TINY
+    lo, hi = exact - beta, exact + beta
+    n = queries.shape[0]
+    starts = np.searchsorted(rows, np.arange(n))
+    kth_lo = lo[np.lexsort((-lo, rows))[starts + k - 1]]
+    window = np.flatnonzero(hi >= kth_lo[rows])
+    window = window[np.lexsort((lo[window], rows[window]))]  # by row, then lo ascending
+    w_rows = rows[window]
+    overlap = (w_rows[1:] == w_rows[:-1]) & (hi[window[:-1]] >= lo[window[1:]])
+    tied = np.zeros(n, dtype=bool)
+    tied[w_rows[:-1][overlap]] = True
+    tied[np.bincount(w_rows, minlength=n) > k] = True
+    keep = window[tied[w_rows]]
+    keep.sort()  # rows, then key ids ascending
+    return rows[keep], cols[keep]
 
 
 def exact_index(keys: np.ndarray, *, search: str = "screened", device: str = "auto", normalize: bool = True):
