@@ -141,3 +141,18 @@ def test_recall_at_k():
     exact = np.array([[1, 2, 3], [4, 5, 6]])
     approx = np.array([[3, 2, 9], [-1, -1, -1]])
     assert recall_at_k(approx, exact) == pytest.approx((2 / 3 + 0) / 2)
+
+
+def test_a_small_last_chunk_stays_on_faiss_blas_path_so_scores_equal_one_call():
+    """faiss scores by BLAS once queries x width reaches its threshold (128,000 on faiss 1.15), by a
+    per-pair loop below it: a last chunk of 300 queries of width 256 took the other path, and other
+    float32 roundings, than one call over all 16,684 queries."""
+    rng = np.random.default_rng(9)
+    keys = l2_normalize(rng.standard_normal((1500, 256)))
+    queries = l2_normalize(rng.standard_normal((16384 + 300, 256)))
+    index = faiss.IndexFlatIP(256)
+    index.add(keys)
+    ref_scores, ref_ids = index.search(queries, 5)
+    scores, ids = FlatIndex(keys, device="cpu", normalize=False).search(queries, 5, normalize=False)
+    np.testing.assert_array_equal(scores, ref_scores)
+    np.testing.assert_array_equal(ids, ref_ids)

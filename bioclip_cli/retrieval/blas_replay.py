@@ -20,6 +20,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from bioclip_cli.retrieval.search import faiss_blas_threshold
 
 _BELOW_ALL = -3.0e38  # a range-search radius under every finite float32 score
 
@@ -55,7 +56,7 @@ def replay_scores(queries: np.ndarray, keys: np.ndarray, q_ids: np.ndarray, k_id
     faiss takes its BLAS path when `len(queries) * dim` reaches `distance_compute_blas_threshold` (measured on
     faiss 1.15: 128,000), else it scores each pair by its SIMD `fvec_inner_product`, whatever the shape.
     """
-    if len(queries) * queries.shape[1] < _faiss().cvar.distance_compute_blas_threshold:
+    if len(queries) * queries.shape[1] < faiss_blas_threshold():
         return _pair_scores(queries, keys, q_ids, k_ids)
     return _block_scores(queries, keys, q_ids, k_ids)
 

@@ -1,7 +1,8 @@
 """Exact top-k inner-product search at bf16 speed: screen every key in bf16, rescore the survivors with faiss.
 
-The answer (scores, ids and their order, ties included) is faiss `IndexFlatIP`'s, bit for bit; only the
-work changes. docs/lowp_search.md derives the bound and argues why the lists are identical; in short:
+The lists (ids and their order, ties included) are those of one faiss `IndexFlatIP.search` over all the
+queries; the scores are faiss's float32 scores (the reference's bit for bit where a near tie was replayed,
+else within a few ulps of them); only the work changes. docs/lowp_search.md derives the bound and argues why the lists are identical; in short:
 
 1. Round queries and keys to bfloat16 and keep, per vector, the float64 norm of its rounding error
    `‖x − x̃‖` (measured, so the bound holds whatever the rounding mode).
@@ -13,14 +14,19 @@ work changes. docs/lowp_search.md derives the bound and argues why the lists are
 3. A key can be in faiss's top-k only if `c + r|c| ≥ c_k − r|c_k| − 2(E + η)`, `c_k` the k-th largest
    coarse score. `c_k` is bounded from below by the k-th largest maximum over groups of 16 keys (a cheap
    elementwise max over the rows of the [keys, queries] score block); a lower bound only keeps more keys.
-4. For each group of queries faiss searches the union of their surviving keys (ids ascending). faiss's
-   float32 score of a pair does not depend on the other keys in the call, and keys that cannot reach the
-   k-th score never change which tied keys faiss keeps, so the lists are those of the full search.
+4. For each group of queries faiss searches the union of their surviving keys (ids ascending). Keys that
+   cannot reach the k-th score never change which tied keys faiss keeps.
+5. faiss's float32 score of a pair depends on the shape of the BLAS block it is computed in, so near-tied
+   keys can swap between the rescoring call and the reference (one `IndexFlatIP.search` over all the
+   queries). Every query whose top-k window holds more than k keys, or keys whose possible reference scores
+   (within `γ_d Σ|qᵢkᵢ|` of the float64 score) overlap, is replayed: its window keys are scored in the
+   reference's blocks (:mod:`~bioclip_cli.retrieval.blas_replay`) and kept as faiss's heap keeps them.
 
 When the survivors of a group of queries exceed `max_candidate_share` of the keys (the bound cannot
 screen them: e.g. a query among thousands of near-duplicates) that group is searched by faiss over all
-keys. Tiny key sets (under :data:`MIN_KEYS`) and query sets (under faiss's many-query chunk) go to faiss
-directly.
+keys (near ties replayed as above). Tiny key sets (under :data:`MIN_KEYS`), query sets (under
+:data:`RESCORE_QUERIES`) and k from faiss's reservoir threshold on go to faiss directly, over all queries in
+FlatIndex's chunks.
 
 Hand-written because no maintained library screens with a proven bound and returns faiss's exact lists:
 faiss's scalar quantizers and its GPU float16 search are approximate. An int8 screen (VNNI, one scale per
@@ -40,9 +46,9 @@ from bioclip_cli.retrieval.search import (
     DEFAULT_CHUNK,
     FlatIndex,
     _check_k,
-    _chunks,
     _min_chunk,
     _unit_rows,
+    faiss_chunks,
     resolve_backend,
 )
 
@@ -209,12 +215,12 @@ class ScreenedIndex:
         direct = self.n_keys < MIN_KEYS or k * GROUP > self.n_keys // 4 or n < RESCORE_QUERIES
         direct = direct or k >= _faiss().cvar.distance_compute_min_k_reservoir  # its tie rule: not replayed
         if direct:  # faiss over all queries, in FlatIndex's chunks: its blocks are those of one call
-            for s, e in _chunks(n, DEFAULT_CHUNK, _min_chunk(n)):
+            for s, e in faiss_chunks(n, DEFAULT_CHUNK, self.dim):
                 scores[s:e], indices[s:e] = self._full_search(queries[s:e], k)
                 if progress is not None:
                     progress(e - s)
             return scores, indices
-        block = max(chunk_size, RESCORE_QUERIES, _min_chunk(n))
+        block = max(chunk_size, RESCORE_QUERIES, _min_chunk(n, self.dim))
         bounds = [(s, min(n, s + block)) for s in range(0, n, block)]
         if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < RESCORE_QUERIES:
             bounds[-2:] = [(bounds[-2][0], n)]

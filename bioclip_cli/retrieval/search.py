@@ -96,16 +96,34 @@ def resolve_backend(device: str | None = "auto") -> tuple[str, str]:
     raise BioclipError(f"unknown search device {device!r}", "use auto, cpu, cuda, cuda:N or mps")
 
 
-def _min_chunk(n: int) -> int:
-    """The fewest queries per faiss call that keep faiss on the code path of one call over all `n`.
+def _min_chunk(n: int, dim: int = 1) -> int:
+    """The fewest queries per faiss call that keep faiss on the code path of one call over all `n` queries
+    of width `dim`.
 
     Fewer queries than threads make faiss split the keys over threads (exact ties come out in another
-    order), and from `distance_compute_blas_threshold` queries on it computes scores with BLAS instead.
+    order), and once queries × width reaches `distance_compute_blas_threshold` (measured on faiss 1.15) it
+    computes scores with BLAS instead (other float32 roundings).
     """
     faiss = _faiss()
     minimum = max(_MIN_CHUNK, faiss.omp_get_max_threads())
-    blas = int(faiss.cvar.distance_compute_blas_threshold)
+    blas = -(-faiss_blas_threshold() // dim)
     return max(minimum, blas) if n >= blas else minimum
+
+
+def faiss_chunks(n: int, size: int, dim: int) -> list[tuple[int, int]]:
+    """Query ranges of about `size` for faiss CPU calls whose lists and scores are those of one call over
+    all `n` queries: never under :func:`_min_chunk`, and on faiss's BLAS path starting where one call's
+    query blocks start (`distance_compute_blas_query_bs`; the same blocks give the same float32 scores)."""
+    minimum = _min_chunk(n, dim)
+    if n * dim >= faiss_blas_threshold():
+        block = int(_faiss().cvar.distance_compute_blas_query_bs)
+        size = -(-max(size, minimum) // block) * block
+    return _chunks(n, size, minimum)
+
+
+def faiss_blas_threshold() -> int:
+    """faiss computes scores by BLAS once queries × width reaches this (measured on faiss 1.15)."""
+    return int(_faiss().cvar.distance_compute_blas_threshold)
 
 
 def _chunks(n: int, size: int, minimum: int = 1) -> list[tuple[int, int]]:
@@ -200,7 +218,9 @@ class FlatIndex(_ChunkedIndex):
     def _bounds(self, n: int, chunk_size: int) -> list[tuple[int, int]]:
         if self.backend == "torch":
             chunk_size = max(1, min(chunk_size, _TORCH_BUDGET // (4 * self.n_keys)))
-        return _chunks(n, chunk_size, _min_chunk(n) if self.backend == "faiss-cpu" else 1)
+        if self.backend != "faiss-cpu":
+            return _chunks(n, chunk_size)
+        return faiss_chunks(n, chunk_size, self.dim)
 
     def _search_chunk(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.backend == "faiss-cpu":
