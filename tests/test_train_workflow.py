@@ -241,6 +241,17 @@ def test_report_to_a_tracker_that_is_not_installed_says_how_to_get_it(sample_h5,
     assert f"bioscan-clip[{tracker}]" in info.value.hint
 
 
+def test_a_cosine_run_resumed_with_other_epochs_is_refused(sample_h5, tmp_path):
+    """The cosine schedule spans all the run's steps (T_max): more epochs would change the lr of steps taken."""
+    result = train(learn_config(sample_h5, "train.scheduler=cosine", "train.batch_size=64", "train.epochs=1"),
+                   tmp_path / "cos")  # fmt: skip
+    assert result.steps == 3  # 224 rows // 64
+    with pytest.raises(ConfigError, match=r"the cosine schedule of .* spans 3 steps; .* it would span 6") as info:
+        train(learn_config_of(tmp_path / "cos", "train.epochs=2"), tmp_path / "cos", resume=True)
+    assert info.value.hint == "resume with the run's own train.epochs and train.max_steps"
+    assert json.loads((tmp_path / "cos/checkpoints/resume/progress.json").read_text())["step"] == 3  # untouched
+
+
 @pytest.mark.slow
 def test_v2_recipe_with_every_optimisation_option(sample_h5, tmp_path):
     """AdamW + one-cycle (lr x global batch / reference), learned temperature, gathered loss, bf16 autocast,

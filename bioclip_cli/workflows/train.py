@@ -293,10 +293,11 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, events: TrainE
                 f"resume with the same number of processes (accelerate launch --multi_gpu --num_processes "
                 f"{progress.world})",
             )
-        if tc.scheduler == "onecycle" and progress.total_steps != total_steps:
+        if tc.scheduler in ("onecycle", "cosine") and progress.total_steps != total_steps:
+            schedule = {"onecycle": "one-cycle", "cosine": "cosine"}[tc.scheduler]
             raise ConfigError(
                 "train.epochs",
-                f"the one-cycle schedule of {run.root} spans {progress.total_steps} steps; with these epochs/max_steps "
+                f"the {schedule} schedule of {run.root} spans {progress.total_steps} steps; with these epochs/max_steps "
                 f"it would span {total_steps}, which changes the learning rate of the steps already taken",
                 "resume with the run's own train.epochs and train.max_steps",
             )
