@@ -19,7 +19,7 @@ EXAMPLES = examples(
 def _console_events():
     """Stage headers, one line per training evaluation, and the training parameter count."""
     from bioclip_cli.cli import output
-    from bioclip_cli.workflows.demo import DemoEvents
+    from bioclip_cli.pipelines.demo import DemoEvents
 
     class ConsoleEvents(DemoEvents):
         def stage(self, number: int, total: int, title: str) -> None:
@@ -67,7 +67,7 @@ def command(
     """
     from bioclip_cli.cli import output
     from bioclip_cli.errors import BioclipError
-    from bioclip_cli.workflows.demo import COMPARED_LEVELS, run_demo
+    from bioclip_cli.pipelines.demo import COMPARED_LEVELS, run_demo
 
     if threads < 0:
         raise BioclipError(f"--threads must be 0 (torch's default) or more, got {threads}")
@@ -92,6 +92,7 @@ def command(
         output.write_json(
             json_out,
             {"out": str(result.out), "comparison": result.comparison_rows(percent=False), "seconds": result.seconds,
-             "files": result.files, "before": result.baseline["results"], "after": result.trained["results"]},
+             "files": result.files, "before": result.baseline.to_json()["results"],
+             "after": result.trained.to_json()["results"]},
         )  # fmt: skip
     output.hint(f"bioclip eval --run {result.out}   |   bioclip predict SPECIMEN.jpg --run {result.out}")

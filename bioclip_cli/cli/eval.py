@@ -69,7 +69,6 @@ def command(
 ) -> None:
     """Micro and macro top-k accuracy per level, seen and unseen, and their harmonic mean."""
     from bioclip_cli.cli import output
-    from bioclip_cli.retrieval.evaluation import result_rows
     from bioclip_cli.workflows.evaluate import evaluate_run, run_results_path
 
     ks = _int_list(k, "--k")
@@ -81,26 +80,26 @@ def command(
 
     shown = [
         {c.replace(" ", "\n"): f"{v:5.1f}" if isinstance(v, float) else v for c, v in row.items()}
-        for row in result_rows(result, percent=True)
+        for row in result.rows(percent=True)
     ]
-    n = result["n_queries"]
+    n = result.n_queries
     source = run if run is not None else embeddings
     output.print_table(
         shown,
-        title=f"Top-k accuracy (%) — {source}: {n['seen']} seen, {n['unseen']} unseen queries, {result['n_keys']} keys",
+        title=f"Top-k accuracy (%) — {source}: {n['seen']} seen, {n['unseen']} unseen queries, {result.n_keys} keys",
     )
-    for note in result.get("notes", []):
+    for note in result.notes:
         output.warning(note)
-    if "search" in result:
-        s = result["search"]
-        worst = min(s["recall_at_k"].values())
-        output.info(f"ivf index: {s['nlist']} lists, nprobe {s['nprobe']}; recall@{result['k'][-1]} vs exact "
-                    f"on {s['recall_sample']} queries: lowest {worst:.3f} over the pairs (see --json)")  # fmt: skip
+    if result.search is not None:
+        s = result.search
+        worst = min(s.recall_at_k.values())
+        output.info(f"ivf index: {s.nlist} lists, nprobe {s.nprobe}; recall@{result.k[-1]} vs exact "
+                    f"on {s.recall_sample} queries: lowest {worst:.3f} over the pairs (see --json)")  # fmt: skip
     if json_out:
-        output.write_json(json_out, {c: v for c, v in result.items() if c != "per_class"})
+        output.write_json(json_out, result.to_json(per_class=False))
     if csv_out:
-        output.write_csv(csv_out, result_rows(result))
+        output.write_csv(csv_out, result.rows())
     if per_class is not None:
-        output.write_csv(per_class, result["per_class"])
+        output.write_csv(per_class, result.per_class)
     if run is not None:
         output.success(f"saved {run_results_path(run, split)}")

@@ -56,8 +56,8 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def write_csv(path: str | Path, rows: Sequence[dict], columns: Sequence[str] | None = None) -> Path:
-    """Write rows as CSV with a header (atomically)."""
+def csv_text(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
+    """Rows as CSV with a header; `columns` picks and orders the keys (default: keys of the first row)."""
     import io
 
     columns = list(columns or (rows[0].keys() if rows else []))
@@ -66,7 +66,12 @@ def write_csv(path: str | Path, rows: Sequence[dict], columns: Sequence[str] | N
     writer.writeheader()
     for row in rows:
         writer.writerow(row)
-    return write_text(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_csv(path: str | Path, rows: Sequence[dict], columns: Sequence[str] | None = None) -> Path:
+    """Write rows as CSV with a header (atomically)."""
+    return write_text(path, csv_text(rows, columns))
 
 
 def info(message: str) -> None:

@@ -33,17 +33,6 @@ def _table(result) -> None:
             output.warning(f"{p.input}: {note}")
 
 
-def _csv_text(rows: list[dict], columns) -> str:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def command(
     images: Annotated[list[Path] | None, typer.Argument(help="Specimen photographs.", show_default=False)] = None,
     run: RunOpt = None,
@@ -91,7 +80,7 @@ def command(
     if format == "table":
         _table(result)
     elif format == "csv":
-        output.console.print(_csv_text(result.rows(), ROW_COLUMNS), markup=False, highlight=False, emoji=False,
+        output.console.print(output.csv_text(result.rows(), ROW_COLUMNS), markup=False, highlight=False, emoji=False,
                              soft_wrap=True, end="")  # fmt: skip
     else:
         import json

@@ -57,7 +57,7 @@ def command(
     if params:
         from bioclip_cli.models.summary import parameter_rows
 
-        rows = parameter_rows(cfg)
+        rows = parameter_rows(cfg.model)
         shown = [{k: f"{v:,}" if isinstance(v, int) else v for k, v in row.items()} for row in rows]
         output.print_table(shown, title=f"{cfg.name}: parameters (random weights, no download)")
         if json_out:

@@ -37,7 +37,7 @@ from bioclip_cli.data.hdf5 import BioscanH5
 from bioclip_cli.errors import BioclipError, ConfigError, DataError
 from bioclip_cli.models.encode import build_embedding_model, encode_rows, lora_merged_if
 from bioclip_cli.progress import Bar, progress_bar
-from bioclip_cli.workflows.run_dir import RunDir, default_run_dir, resolve_run, run_checkpoint
+from bioclip_cli.runs.run_dir import RunDir, default_run_dir, resolve_run, run_checkpoint
 
 ROLES: tuple[str, ...] = ("seen", "unseen", "key")
 SPLITS = ("val", "test")
@@ -197,7 +197,7 @@ def embed(
 
     from accelerate.utils import broadcast_object_list
 
-    from bioclip_cli.workflows.accelerator import make_accelerator
+    from bioclip_cli.runs.accelerator import make_accelerator
 
     accelerator = make_accelerator()
     main = accelerator.is_main_process
@@ -222,7 +222,11 @@ def embed(
         broadcast_object_list(state)
     done, finished = state
     result = EmbedResult(h5_path, labels_path, plan.out, split, groups, {}, description=plan.description, is_main=main)
-    datasets = {role: EvalDataset(cfg.data.hdf5, group, cfg) for role, group in groups.items()}
+    datasets = {
+        role: EvalDataset(cfg.data.hdf5, group, cfg.data, modalities=cfg.model.modalities,
+                          tokenizer=cfg.model.text.tokenizer)
+        for role, group in groups.items()
+    }  # fmt: skip
     result.rows = {role: len(ds) for role, ds in datasets.items()}
     todo = [role for role in ROLES if role not in done]
     result.skipped = [role for role in ROLES if role in done]
