@@ -203,6 +203,8 @@ class _Throughput:
 
 @dataclass
 class _Saved:
+    """Where the last checkpoint and resume state were saved (named when the loss diverges)."""
+
     epoch: int
     step: int
 
@@ -211,6 +213,7 @@ class _Saved:
 
 
 def plan_schedule(cfg: RunConfig, n_train: int, accelerator) -> Schedule:
+    """This process's sampler over `n_train` rows and the step counts of the launch."""
     from bioclip_cli.data.sampler import EpochSampler
 
     tc, world = cfg.train, accelerator.num_processes
