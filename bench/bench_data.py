@@ -138,9 +138,10 @@ def dataset_timings(h5: Path, repeats: int, batch_size: int = 64) -> list[dict]:
 
 
 def pillow_recipe(transform, data: bytes, seed: int) -> np.ndarray:
-    """SPEC §3's training augmentation as the upstream code runs it (torchvision's transforms on PIL images, which
-    call these Pillow operations): decode, Resize(resize), RandomResizedCrop(crop), flips, RandomRotation
-    (nearest, black fill), here with our draws for the seed. A reference for speed, not for pixels."""
+    """The training augmentation (docs/method.md, Training recipes) as the upstream code runs it (torchvision's
+    transforms on PIL images, which call these Pillow operations): decode, Resize(resize), RandomResizedCrop(crop),
+    flips, RandomRotation (nearest, black fill), here with our draws for the seed. A reference for speed, not
+    for pixels."""
     cfg = transform.cfg
     u = transform._uniforms(seed)
     img = Image.open(io.BytesIO(data)).convert("RGB")
@@ -227,7 +228,7 @@ def bench_tokenizer(repeats: int) -> list[dict]:
     ]
 
 
-# BIOSCAN-5M's split sizes (SPEC §4), so the bench writes each row into as many groups as the real build
+# BIOSCAN-5M's split sizes (docs/method.md, Data), so the bench writes each row into as many groups as the real build
 SPLIT_SIZES_5M = {
     "pretrain": 4_677_756,
     "train": 289_203,

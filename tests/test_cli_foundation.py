@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import bioclip_exe, run_cli
 
-COMMANDS = ["download", "build-hdf5", "train", "embed", "eval", "presets", "inspect", "demo", "predict"]
+COMMANDS = ["download", "build-hdf5", "train", "embed", "eval", "presets", "inspect", "demo", "predict", "env", "zsl"]
 
 
 def test_root_help_lists_every_command():

@@ -320,7 +320,7 @@ def test_cli_build_and_errors(tmp_path):
 def test_metadata_table_reads_exactly_what_the_csv_module_reads(tmp_path, monkeypatch, block_chars):
     import io
 
-    import bioclip_cli.data.build_raw as build_raw
+    import bioclip_cli.data.raw_metadata as raw_metadata
 
     rows = [["processid", "split", "species"]]
     rows += [[f"P-{i}", "val", "Aedes aegypti"] for i in range(30)]
@@ -337,8 +337,8 @@ def test_metadata_table_reads_exactly_what_the_csv_module_reads(tmp_path, monkey
             reader = csv.reader(fh)
             next(reader)
             expected = list(reader)
-        monkeypatch.setattr(build_raw, "_BLOCK_CHARS", block_chars)
-        assert list(build_raw.Table(path, ",", ())) == expected, name
+        monkeypatch.setattr(raw_metadata, "_BLOCK_CHARS", block_chars)
+        assert list(raw_metadata.Table(path, ",", ())) == expected, name
 
 
 def test_build_reads_crlf_quoted_metadata_without_optional_columns(tmp_path):
@@ -370,7 +370,7 @@ def test_build_reads_crlf_quoted_metadata_without_optional_columns(tmp_path):
 
 
 def test_read_file_reads_large_files_whole(tmp_path):
-    from bioclip_cli.data.build_raw import read_file_into
+    from bioclip_cli.data.raw_images import read_file_into
 
     data = np.random.default_rng(0).bytes((1 << 20) * 2 + 123)
     (tmp_path / "big.jpg").write_bytes(data)

@@ -16,9 +16,13 @@ import numpy as np
 import pytest
 
 import bioclip_cli.data.build_raw as build_raw
-from bioclip_cli.data.build_raw import ImageReader, ProblemLog, Table, check_jpeg, read_file_into, read_images
+import bioclip_cli.data.raw_images as raw_images
+import bioclip_cli.data.raw_metadata as raw_metadata
 from bioclip_cli.data.hdf5 import BioscanH5
 from bioclip_cli.data.hdf5_writer import BioscanH5Writer
+from bioclip_cli.data.raw_images import ImageReader, check_jpeg, read_file_into, read_images
+from bioclip_cli.data.raw_metadata import Table
+from bioclip_cli.data.raw_problems import ProblemLog
 from bioclip_cli.data.sample import sample_metadata_csv, sample_root
 from bioclip_cli.errors import BioclipError, DataError
 from bioclip_cli.workflows.build_hdf5 import BuildReport, build_1m, build_5m
@@ -56,7 +60,7 @@ def test_column_blocks_and_widths_match_the_csv_module(tmp_path, monkeypatch, bl
     header, rows = rows[0], rows[1:]
     names = [*header, "absent"]
     expected = [[row[i] if i < len(row) else "" for row in rows] for i in range(len(header))] + [[""] * len(rows)]
-    monkeypatch.setattr(build_raw, "_BLOCK_CHARS", block_chars)
+    monkeypatch.setattr(raw_metadata, "_BLOCK_CHARS", block_chars)
     table = Table(path, ",", ())
     got = [[] for _ in names]
     n_rows = 0
@@ -162,8 +166,8 @@ def test_jpeg_marker_check_accepts_trailers_and_finds_truncation(realdata):
 def test_read_file_into_a_buffer_of_any_room(tmp_path):
     """A file lands at `pos` whole, whether it fits the buffer exactly, just not, or by far not; what was before
     `pos` is kept when the buffer grows."""
-    data = np.random.default_rng(1).bytes(3 * build_raw._READ_SIZE + 5)
-    for room in (0, 1, 100, build_raw._READ_SIZE):
+    data = np.random.default_rng(1).bytes(3 * raw_images._READ_SIZE + 5)
+    for room in (0, 1, 100, raw_images._READ_SIZE):
         for n in (0, 1, room - 1, room, room + 1, len(data)):
             if n < 0:
                 continue
@@ -201,7 +205,7 @@ def test_build_hdf5_rejects_options_of_the_other_release(tmp_path):
         build_5m.__globals__["build_hdf5"]("7m", sample_root(), tmp_path / "y.hdf5")
 
 
-# BIOSCAN-1M rows of the published validation metadata (../shared/realdata/bioscan1m_repo, source columns named
+# BIOSCAN-1M rows of the published validation metadata (the BIOSCAN-1M code repository, source columns named
 # as in the TSV: `uri` is the BIN, `image_file` the numeric photo name) whose photographs are in the dataset repo.
 REAL_1M = {
     "3995976.jpg": "3995976_Blattodea.jpg",

@@ -1,4 +1,4 @@
-"""BarcodeBERT k-mer tokenizer: exact values (SPEC §1) and a plain per-string reference on real barcodes."""
+"""BarcodeBERT k-mer tokenizer: exact values (docs/method.md, Model) and a plain per-string reference on real barcodes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Image decoding (real BIOSCAN photographs), mode conversion, and the eval/train transforms of SPEC §3."""
+"""Image decoding (real BIOSCAN photographs), mode conversion, and the eval/train transforms
+(docs/method.md, Training recipes)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def encode(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
 
 
 def reference_eval(img: Image.Image, resize: int = 256, crop: int = 224) -> torch.Tensor:
-    """SPEC §3 written out: ToTensor, Resize(shorter side, bilinear, antialias, on floats), CenterCrop."""
+    """The eval transform (docs/method.md, Training recipes) written out:
+    ToTensor, Resize(shorter side, bilinear, antialias, on floats), CenterCrop."""
     x = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).float().div(255)
     h, w = x.shape[1:]
     size = (resize, int(resize * w / h)) if h <= w else (int(resize * h / w), resize)

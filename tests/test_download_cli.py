@@ -61,7 +61,7 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
 # ------------------------------------------------------------------------------------------- registry
 
 
-SPEC_MD5 = {  # SPEC.md §4 "Published downloads"
+PUBLISHED_MD5 = {  # the md5s Zenodo publishes (records 11973457 and 8030065)
     "BIOSCAN_5M_Insect_Dataset_metadata_MultiTypes.zip": "ac381b69fafdbaedc2f9cfb89e3571f7",
     "BIOSCAN_5M_cropped_256_eval.zip": "16a997f72a8cd08cbcf7becafe2dda50",
     "BIOSCAN_5M_cropped_256_train.zip": "3f170db5d95610644883dafc73389049",
@@ -75,7 +75,7 @@ SPEC_MD5 = {  # SPEC.md §4 "Published downloads"
 def test_registry_matches_spec():
     arts = list_artifacts()
     by_file = {a.urls[0].rsplit("/", 1)[-1]: a for a in arts if a.urls and "zenodo.org" in a.urls[0]}
-    assert {k: by_file[k].checksum.value for k in SPEC_MD5} == SPEC_MD5
+    assert {k: by_file[k].checksum.value for k in PUBLISHED_MD5} == PUBLISHED_MD5
     meta = by_file["BIOSCAN_5M_Insect_Dataset_metadata_MultiTypes.zip"]
     csv = "bioscan5m/metadata/csv/BIOSCAN_5M_Insect_Dataset_metadata.csv"
     assert meta.check_files == {csv: Checksum("md5", "603020b433ef566946efba7a08dbb23d")}
@@ -398,12 +398,12 @@ def test_ctrl_c_keeps_the_partial_file_and_the_next_run_resumes(server, tmp_path
 def test_artifact_without_a_published_url_is_said_so(tmp_path):
     registry = tmp_path / "registry.yaml"
     entry = {"name": "unpublished", "target": "1m", "what": ["partition"], "kind": "file", "urls": None,
-             "dest": "bioscan1m/partition.txt", "note": "SPEC.md names no URL for it"}  # fmt: skip
+             "dest": "bioscan1m/partition.txt", "note": "no URL is published for it"}  # fmt: skip
     registry.write_text(yaml.safe_dump({"artifacts": [entry]}))
     env = {**QUICK, "BIOCLIP_ARTIFACTS": str(registry)}
     dry = run_cli("download", "1m", "--what", "partition", "--root", str(tmp_path), "--dry-run", env=env)
     assert dry.returncode == 0 and dry.stdout.count("no published URL") == 2  # source and status columns
-    assert "note: unpublished: SPEC.md names no URL for it" in dry.stderr
+    assert "note: unpublished: no URL is published for it" in dry.stderr
     line = assert_one_error_line(run_cli("download", "1m", "--what", "partition", "--root", str(tmp_path), env=env))
     assert line == "Error: unpublished has no published download URL"
     assert not (tmp_path / "bioscan1m").exists()

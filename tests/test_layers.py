@@ -1,5 +1,5 @@
-"""DESIGN.md's layers: each module imports only from its own layer or the layers before it; workflows never
-import each other (pipelines compose them); no import circle anywhere in the package."""
+"""The layers of docs/architecture.md: each module imports only from its own layer or the layers before it;
+workflows never import each other (pipelines compose them); no import circle anywhere in the package."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Top-k metrics (SPEC §5): hand-computed cases, and random cases against a plain per-query reference."""
+"""Top-k metrics (docs/method.md, Evaluation): hand-computed cases, and random cases against a plain per-query reference."""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
-"""Generate the bundled sample (bioclip_cli/sample/) from ../shared/realdata. Deterministic.
+"""Generate the bundled sample (bioclip_cli/sample/) from a folder of real published records. Deterministic.
 
-    python tools/make_sample.py [--realdata ../shared/realdata] [--out bioclip_cli/sample]
+    python tools/make_sample.py [--realdata FOLDER] [--out bioclip_cli/sample]
+
+FOLDER holds BarcodeBERT's public barcodes (barcodebert_unseen/barcodes.csv) and their PROVENANCE.md; the
+default is the maintainers' data folder beside the checkout (not part of the repository).
 
 What it writes (the raw BIOSCAN-5M release layout, so `bioclip build-hdf5 5m` runs on it):
 - bioscan5m/metadata/csv/BIOSCAN_5M_Insect_Dataset_metadata.csv: real processids, sampleids, BINs, DNA

@@ -18,11 +18,13 @@ from bioclip_cli.cli import (
     demo,
     download,
     embed,
+    env,
     eval,
     inspect,
     predict,
     presets,
     train,
+    zsl,
 )
 
 _state = {"debug": os.environ.get("BIOCLIP_DEBUG", "") not in ("", "0")}
@@ -36,7 +38,6 @@ app = typer.Typer(
         "Start with `bioclip demo` (no GPU, no download)."
     ),
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -75,10 +76,39 @@ for module, name in [
     (inspect, "inspect"),
     (demo, "demo"),
     (predict, "predict"),
+    (env, "env"),
+    (zsl, "zsl"),
 ]:
     app.command(name=name, epilog=module.EXAMPLES, no_args_is_help=getattr(module, "NO_ARGS_IS_HELP", False))(
         module.command
     )
+
+
+def _choice_error(exc: Exception, argv: list[str]) -> tuple[str, str] | None:
+    """A value outside a choice option's list, as one sentence and a hint (instead of click's usage box)."""
+    param = getattr(exc, "param", None)
+    # typer describes a Literal/Enum option by its `type_descriptor`; click by its `type` (a Choice)
+    described = getattr(param, "type_descriptor", None) or getattr(param, "type", None)
+    choices = [str(getattr(c, "value", c)) for c in getattr(described, "choices", None) or ()]
+    if not choices or not getattr(param, "opts", None):
+        return None
+    flag = max(param.opts, key=len)
+    value = None
+    for i, arg in enumerate(argv):  # the last occurrence wins, as in the parser
+        for opt in param.opts:
+            if arg == opt and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif arg.startswith(opt + "=") and opt.startswith("--"):
+                value = arg[len(opt) + 1 :]
+    got = f", got {value!r}" if value is not None else ""
+    if len(choices) == 2:
+        message = f"{flag} must be {choices[0]} or {choices[1]}{got}"
+    elif value is not None:
+        message = f"{flag} {value!r} is not valid; valid: {', '.join(choices)}"
+    else:
+        message = f"{flag} must be one of {', '.join(choices)}"
+    ctx = getattr(exc, "ctx", None)
+    return message, f"see `{getattr(ctx, 'command_path', None) or 'bioclip'} --help`"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,6 +141,12 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         sys.exit(1)
     except Exception as exc:
+        choice = _choice_error(exc, argv)
+        if choice is not None:
+            from bioclip_cli.cli.output import error
+
+            error(*choice)
+            sys.exit(1)  # like the library's own errors: one sentence, a hint, exit code 1
         # usage errors of the command-line parser (click, or the copy typer vendors) show themselves
         if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()

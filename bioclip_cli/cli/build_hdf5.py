@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
-from bioclip_cli.cli.options import examples
+from bioclip_cli.cli.options import FormatOpt, OutputOpt, examples
 
 EXAMPLES = examples(
     "bioclip build-hdf5 5m --root data/ --out data/BIOSCAN_5M/BIOSCAN_5M.hdf5",
     "bioclip build-hdf5 5m --root data/ --out eval_only.hdf5 --splits val,val_unseen,key_unseen,train",
     "bioclip build-hdf5 5m --root data/ --out data/BIOSCAN_5M/BIOSCAN_5M.hdf5 --text-tokenizer prajjwal1/bert-small",
+    "bioclip build-hdf5 5m --root data/ --out sample.hdf5 --splits val,val_unseen,key_unseen --format json",
     "bioclip build-hdf5 1m --root data/BIOSCAN_1M --out data/BIOSCAN_1M/split_data/BioScan_data_in_splits.hdf5",
 )
 NO_ARGS_IS_HELP = True
@@ -31,7 +32,8 @@ def command(
         ),
     ] = None,
     image_package: Annotated[
-        str, typer.Option("--image-package", help="Image package folder: cropped_256, original_256, ...")
+        Literal["cropped_256", "original_256", "cropped", "original_full"],
+        typer.Option("--image-package", help="Image package folder."),
     ] = "cropped_256",
     text_tokenizer: Annotated[
         str | None,
@@ -51,10 +53,12 @@ def command(
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
     on_bad_image: Annotated[
-        str, typer.Option("--on-bad-image", help="skip (list it in the report) or fail at the first bad image.")
+        Literal["skip", "fail"],
+        typer.Option("--on-bad-image", help="skip (list it in the report) or fail at the first bad image."),
     ] = "skip",
     check_images: Annotated[
-        str, typer.Option("--check-images", help="markers (fast: start/end markers) or decode (full decode).")
+        Literal["markers", "decode"],
+        typer.Option("--check-images", help="markers (fast: start/end markers) or decode (full decode)."),
     ] = "markers",
     workers: Annotated[
         int | None,
@@ -69,11 +73,14 @@ def command(
         Path | None,
         typer.Option("--partition", help="1m only: folder of <group>.txt sampleid lists.", show_default=False),
     ] = None,
+    format: FormatOpt = "table",
+    output_file: OutputOpt = None,
 ) -> None:
     """Build the training HDF5 (published group layout) from the raw release.
 
     JPEG bytes are stored unchanged; bad rows are counted and listed in `<out>.report.json`.
-    The file is written to `<out>.partial` and renamed when complete.
+    The file is written to `<out>.partial` and renamed when complete. The printed table (or --format
+    json/csv) lists the rows written per group; JSON adds the bad-input summary.
     """
     from bioclip_cli.cli import output
     from bioclip_cli.workflows.build_hdf5 import build_hdf5
@@ -92,8 +99,12 @@ def command(
         check_images=check_images,
         workers=workers,
     )
-    output.print_table(report.group_rows(), title=f"{out} ({report.rows_written} specimens)")
-    if report.problems:
+    summary = {"out": str(out), "rows": report.rows_written, "groups": report.group_rows(),
+               "problems": report.problem_rows(), "seconds": report.seconds, "report": str(report.report_path)}  # fmt: skip
+    as_table = output.emit(
+        report.group_rows(), format, output_file, title=f"{out} ({report.rows_written} specimens)", json_obj=summary
+    )
+    if report.problems and as_table:
         output.print_table(report.problem_rows(), title="bad input (ids in the report)")
     output.success(
         f"wrote {out} in {report.seconds:.1f} s ({report.rows_per_second:,.0f} rows/s); report: {report.report_path}"

@@ -7,12 +7,13 @@ from typing import Annotated
 
 import typer
 
-from bioclip_cli.cli.options import JsonOpt, examples
+from bioclip_cli.cli.options import FormatOpt, JsonOpt, OutputOpt, examples
 
 EXAMPLES = examples(
     "bioclip demo",
     "bioclip demo --out runs/demo --epochs 4",
     "bioclip demo --overwrite --json demo.json",
+    "bioclip demo --overwrite --format json > demo.json",
 )
 
 
@@ -58,12 +59,15 @@ def command(
         ),
     ] = 1,
     json_out: JsonOpt = None,
+    format: FormatOpt = "table",
+    output_file: OutputOpt = None,
 ) -> None:
     """Build the sample HDF5, evaluate the untrained baseline, train a small model, embed, evaluate, compare.
 
     The sample's DNA barcodes and taxonomy are real; its images are synthetic, so the numbers show the method
     working, not the paper's accuracy. --out is an ordinary run directory: `bioclip eval --run` and
-    `bioclip predict --run` take it.
+    `bioclip predict --run` take it. --format json prints the summary --json writes; --format csv the
+    before/after rows (fractions).
     """
     from bioclip_cli.cli import output
     from bioclip_cli.errors import BioclipError
@@ -80,8 +84,12 @@ def command(
             before, after = row[f"{level} before"], row[f"{level} after"]
             shown[level] = f"{before:5.1f} -> {after:5.1f} ({after - before:+5.1f})"
         rows.append(shown)
-    output.print_table(rows, title="Micro top-1 accuracy (%), untrained -> trained, on the sample's val queries")
-    output.print_table(result.files, title=f"Where everything went ({result.out})", fold=True)
+    summary = {"out": str(result.out), "comparison": result.comparison_rows(percent=False), "seconds": result.seconds,
+               "files": result.files, "before": result.baseline.to_json()["results"],
+               "after": result.trained.to_json()["results"]}  # fmt: skip
+    title = "Micro top-1 accuracy (%), untrained -> trained, on the sample's val queries"
+    if output.emit(summary["comparison"], format, output_file, title=title, json_obj=summary, table_rows=rows):
+        output.print_table(result.files, title=f"Where everything went ({result.out})", fold=True)
     minutes, seconds = divmod(result.seconds["total"], 60)
     output.success(
         f"demo finished in {int(minutes)} min {seconds:.0f} s: image->DNA genus micro top-1 "
@@ -89,10 +97,5 @@ def command(
     )
     output.warning("the sample's images are synthetic: these numbers show the method working, not its accuracy")
     if json_out:
-        output.write_json(
-            json_out,
-            {"out": str(result.out), "comparison": result.comparison_rows(percent=False), "seconds": result.seconds,
-             "files": result.files, "before": result.baseline.to_json()["results"],
-             "after": result.trained.to_json()["results"]},
-        )  # fmt: skip
+        output.write_json(json_out, summary)
     output.hint(f"bioclip eval --run {result.out}   |   bioclip predict SPECIMEN.jpg --run {result.out}")

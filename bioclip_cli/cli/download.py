@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
-from bioclip_cli.cli.options import PresetOpt, examples
+from bioclip_cli.cli.options import FormatOpt, OutputOpt, PresetOpt, examples
 from bioclip_cli.errors import BioclipError
 
 EXAMPLES = examples(
     "bioclip download 5m --dry-run",
+    "bioclip download 5m --dry-run --format csv --output plan.csv",
     "bioclip download 5m --what raw --root data/",
     "bioclip download checkpoints --preset idt-5m",
     "bioclip download embeddings --preset idt-1m",
@@ -19,10 +20,22 @@ EXAMPLES = examples(
 NO_ARGS_IS_HELP = True
 
 
+def _complete_target(incomplete: str) -> list[str]:
+    from bioclip_cli.data.artifacts import TARGETS
+
+    return [name for name in TARGETS if name.startswith(incomplete)]
+
+
 def command(
-    target: Annotated[str, typer.Argument(help="What to fetch: 5m, 1m, checkpoints, embeddings or encoders.")],
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="What to fetch: 5m, 1m, checkpoints, embeddings or encoders.", autocompletion=_complete_target
+        ),
+    ],
     what: Annotated[
-        str, typer.Option("--what", help="For 5m/1m: hdf5 (pre-built), raw (metadata + images), metadata, partition.")
+        Literal["hdf5", "raw", "metadata", "partition"],
+        typer.Option("--what", help="For 5m/1m: hdf5 (pre-built), raw (metadata + images), metadata, partition."),
     ] = "hdf5",
     preset: PresetOpt = None,
     root: Annotated[
@@ -34,13 +47,15 @@ def command(
         typer.Option("--mirror", help="Fetch the same paths from this base URL instead.", show_default=False),
     ] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Files downloaded in parallel.")] = 2,
+    format: FormatOpt = "table",
+    output: OutputOpt = None,
 ) -> None:
     """Download the BIOSCAN datasets, checkpoints, pretrained encoders or released embeddings.
 
     Every file is fetched to `<dest>.part` with HTTP range resume, checked against its published
     size and checksum, and only then renamed into place; re-running skips verified files.
     """
-    from bioclip_cli.cli.output import hint, info, print_table, success
+    from bioclip_cli.cli.output import emit, hint, info, success
     from bioclip_cli.workflows.download import download, next_command, plan_downloads, raise_failures
 
     if jobs < 1:
@@ -51,7 +66,7 @@ def command(
         return
     results = download(plan, jobs=jobs, dry_run=dry_run)
     title = "bioclip download --dry-run: nothing was written" if dry_run else f"bioclip download {target}"
-    print_table([r.row() for r in results], title=title, fold=True)
+    emit([r.row() for r in results], format, output, title=title, fold=True)
     for pf in plan:
         if pf.artifact.note:
             info(f"note: {pf.name}: {pf.artifact.note}")

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
-from bioclip_cli.cli.options import CheckpointOpt, ConfigOpt, OutDirOpt, PresetOpt, RunOpt, SetOpt, SplitOpt, examples
+from bioclip_cli.cli.options import (
+    CheckpointOpt,
+    ConfigOpt,
+    FormatOpt,
+    OutDirOpt,
+    OutputOpt,
+    PresetOpt,
+    RunOpt,
+    SetOpt,
+    SplitOpt,
+    WhichOpt,
+    examples,
+)
 
 EXAMPLES = examples(
     "bioclip embed --run runs/idt-5m",
@@ -24,15 +36,17 @@ def command(
     set_: SetOpt = None,
     split: SplitOpt = "val",
     out: OutDirOpt = None,
-    which: Annotated[str, typer.Option("--which", help="Checkpoint of the run to use: best or last.")] = "best",
+    which: WhichOpt = "best",
     dtype: Annotated[
-        str | None,
+        Literal["float32", "float64"] | None,
         typer.Option(
             "--dtype",
             help="float32, or float64 (as the released files). Default: eval.dtype (float32).",
             show_default=False,
         ),
     ] = None,
+    format: FormatOpt = "table",
+    output_file: OutputOpt = None,
 ) -> None:
     """Encode the query groups and all_keys with every modality of the model; write the published HDF5 + labels JSON.
 
@@ -53,7 +67,14 @@ def command(
          "status": "encoded" if role in result.encoded else "already complete"}
         for role in ("seen", "unseen", "key")
     ]  # fmt: skip
-    output.print_table(rows, title=f"{result.split} embeddings of {plan.description}")
+    output.emit(
+        rows,
+        format,
+        output_file,
+        title=f"{result.split} embeddings of {plan.description}",
+        json_obj={"split": result.split, "model": plan.description, "embeddings": str(result.h5_path),
+                  "labels": str(result.labels_path), "groups": rows},
+    )  # fmt: skip
     if result.encoded:
         output.success(
             f"wrote {result.h5_path} and {result.labels_path.name} "

@@ -7,14 +7,36 @@ from typing import Annotated, Literal
 
 import typer
 
-from bioclip_cli.cli.options import CsvOpt, JsonOpt, RunOpt, SplitOpt, examples
+from bioclip_cli.cli.options import (
+    CsvOpt,
+    FormatOpt,
+    JsonOpt,
+    OutputOpt,
+    RunOpt,
+    SplitOpt,
+    complete_device,
+    examples,
+)
 
 EXAMPLES = examples(
     "bioclip eval --run runs/idt-5m --query image --key dna",
     "bioclip eval --embeddings extracted_feature_from_val_split.hdf5 --labels labels_val.json --json results.json",
     "bioclip eval --run runs/demo --k 1,5 --levels genus,species --csv results.csv",
     "bioclip eval --run runs/idt-5m --per-class per_class.csv",
+    "bioclip eval --run runs/demo --format json | jq '.results'",
 )
+
+
+def _complete_query(incomplete: str) -> list[str]:
+    from bioclip_cli.retrieval.evaluation import QUERY_FEATURES
+
+    return [name for name in QUERY_FEATURES if name.startswith(incomplete)]
+
+
+def _complete_key(incomplete: str) -> list[str]:
+    from bioclip_cli.retrieval.evaluation import KEY_FEATURES
+
+    return [name for name in KEY_FEATURES if name.startswith(incomplete)]
 
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -40,11 +62,21 @@ def command(
     split: SplitOpt = "val",
     query: Annotated[
         list[str] | None,
-        typer.Option("--query", help="Query feature(s): image, dna, text, avg, concat.", show_default=False),
+        typer.Option(
+            "--query",
+            help="Query feature(s): image, dna, text, avg, concat.",
+            show_default=False,
+            autocompletion=_complete_query,
+        ),
     ] = None,
     key: Annotated[
         list[str] | None,
-        typer.Option("--key", help="Key feature(s): image, dna, text, avg, concat, all.", show_default=False),
+        typer.Option(
+            "--key",
+            help="Key feature(s): image, dna, text, avg, concat, all.",
+            show_default=False,
+            autocompletion=_complete_key,
+        ),
     ] = None,
     k: Annotated[str, typer.Option("--k", help="Comma-separated k of top-k.")] = "1,3,5",
     levels: Annotated[
@@ -63,11 +95,19 @@ def command(
     device: Annotated[
         str,
         typer.Option(
-            "--device", help="Search on: auto (faiss-gpu, else torch on CUDA, else faiss CPU), cpu, cuda, cuda:N, mps."
+            "--device",
+            help="Search on: auto (faiss-gpu, else torch on CUDA, else faiss CPU), cpu, cuda, cuda:N, mps.",
+            autocompletion=complete_device,
         ),
     ] = "auto",
+    format: FormatOpt = "table",
+    output_file: OutputOpt = None,
 ) -> None:
-    """Micro and macro top-k accuracy per level, seen and unseen, and their harmonic mean."""
+    """Micro and macro top-k accuracy per level, seen and unseen, and their harmonic mean.
+
+    --format json prints the results object (the one --json writes), --format csv the table's rows as
+    fractions (the ones --csv writes); --json FILE and --csv FILE write them beside the printed table.
+    """
     from bioclip_cli.cli import output
     from bioclip_cli.workflows.evaluate import evaluate_run, run_results_path
 
@@ -84,9 +124,14 @@ def command(
     ]
     n = result.n_queries
     source = run if run is not None else embeddings
-    output.print_table(
-        shown,
+    results = result.to_json(per_class=False)
+    output.emit(
+        result.rows(),
+        format,
+        output_file,
         title=f"Top-k accuracy (%) — {source}: {n['seen']} seen, {n['unseen']} unseen queries, {result.n_keys} keys",
+        json_obj=results,
+        table_rows=shown,
     )
     for note in result.notes:
         output.warning(note)
@@ -96,7 +141,7 @@ def command(
         output.info(f"ivf index: {s.nlist} lists, nprobe {s.nprobe}; recall@{result.k[-1]} vs exact "
                     f"on {s.recall_sample} queries: lowest {worst:.3f} over the pairs (see --json)")  # fmt: skip
     if json_out:
-        output.write_json(json_out, result.to_json(per_class=False))
+        output.write_json(json_out, results)
     if csv_out:
         output.write_csv(csv_out, result.rows())
     if per_class is not None:

@@ -7,11 +7,12 @@ from typing import Annotated
 
 import typer
 
-from bioclip_cli.cli.options import JsonOpt, examples
+from bioclip_cli.cli.options import FormatOpt, JsonOpt, OutputOpt, examples
 
 EXAMPLES = examples(
     "bioclip inspect data/BIOSCAN_5M/BIOSCAN_5M.hdf5",
     "bioclip inspect runs/demo/embeddings/extracted_feature_from_val_split.hdf5 --json summary.json",
+    "bioclip inspect data/BIOSCAN_5M/BIOSCAN_5M.hdf5 --format csv --output groups.csv",
 )
 NO_ARGS_IS_HELP = True
 
@@ -34,15 +35,22 @@ _EMBEDDING_COLUMNS = ("group", "dataset", "shape", "dtype", "norm_min", "norm_me
 def command(
     file: Annotated[Path, typer.Argument(help="A dataset HDF5 or an extracted-embedding HDF5.")],
     json_out: JsonOpt = None,
+    format: FormatOpt = "table",
+    output_file: OutputOpt = None,
 ) -> None:
-    """Groups, row counts, species/genus counts, JPEG and barcode stats, seen/unseen checks; or embedding shapes and norms."""
+    """Groups, row counts, species/genus counts, JPEG and barcode stats, seen/unseen checks; or embedding shapes and norms.
+
+    --format json prints the whole summary (groups, checks, warnings); --format csv the per-group rows.
+    """
     from bioclip_cli.cli import output
     from bioclip_cli.workflows.inspect import inspect_file
 
     summary = inspect_file(file)
     columns = _DATASET_COLUMNS if summary["kind"] == "dataset" else _EMBEDDING_COLUMNS
-    output.print_table(summary["groups"], title=f"{file} ({summary['kind']})", columns=columns)
-    if summary["checks"]:
+    as_table = output.emit(
+        summary["groups"], format, output_file, title=f"{file} ({summary['kind']})", columns=columns, json_obj=summary
+    )
+    if summary["checks"] and as_table:
         output.print_table(summary["checks"], title="checks", columns=("check", "where", "status", "detail"))
     for message in summary["warnings"]:
         output.warning(message)

@@ -1,9 +1,13 @@
-"""Option types shared by the commands, so that `--run`, `--preset`, `--json`... read the same everywhere."""
+"""Option types shared by the commands, so that `--run`, `--preset`, `--format`... read the same everywhere.
+
+Options with a fixed set of values are `Literal` types: `--help` lists the values and shell completion
+offers them. `--device` also accepts `cuda:N`, so it stays a string with completion of the common values.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -36,8 +40,26 @@ CheckpointOpt = Annotated[
     ),
 ]
 SplitOpt = Annotated[
-    str,
+    Literal["val", "test"],
     typer.Option("--split", help="Query split: val (val_seen + val_unseen) or test (test_seen + test_unseen)."),
+]
+WhichOpt = Annotated[Literal["best", "last"], typer.Option("--which", help="Checkpoint of the run to use.")]
+FormatOpt = Annotated[
+    Literal["table", "json", "csv"],
+    typer.Option(
+        "--format",
+        "-f",
+        help="table (for people), json or csv (for programs; on stdout, or in --output). Messages go to stderr.",
+    ),
+]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        help="Write the --format json/csv output to this file instead of stdout (with table: also write the "
+        "data here, JSON for a .json name, else CSV).",
+        show_default=False,
+    ),
 ]
 JsonOpt = Annotated[
     Path | None,
@@ -48,14 +70,23 @@ CsvOpt = Annotated[
     typer.Option("--csv", help="Also write the table rows as CSV to this file.", show_default=False),
 ]
 OutDirOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output directory.", show_default=False)]
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def complete_device(incomplete: str) -> list[str]:
+    """Shell completion of --device: the common values (any cuda:N is accepted too)."""
+    return [d for d in (*DEVICE_CHOICES, "cuda:0", "cuda:1") if d.startswith(incomplete)]
+
+
 DeviceOpt = Annotated[
     str | None,
     typer.Option(
-        "--device", help="torch device (cpu, cuda, cuda:1, mps); default: the best available.", show_default=False
+        "--device",
+        help="torch device: cpu, cuda, cuda:N or mps; default: the best available.",
+        show_default=False,
+        autocompletion=complete_device,
     ),
-]
-BatchSizeOpt = Annotated[
-    int | None, typer.Option("--batch-size", help="Batch size (overrides the preset).", show_default=False)
 ]
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from bioclip_cli.cli.options import DeviceOpt, RunOpt, examples
+from bioclip_cli.cli.options import DeviceOpt, FormatOpt, OutputOpt, RunOpt, WhichOpt, examples
 
 EXAMPLES = examples(
     "bioclip predict specimen.jpg --run runs/demo",
@@ -47,16 +47,11 @@ def command(
         Literal["auto", "image", "dna", "text", "avg", "all"],
         typer.Option("--key", help="Key embeddings to search; auto: image->image, DNA->DNA, both->averaged."),
     ] = "auto",
-    format: Annotated[Literal["table", "csv", "json"], typer.Option("--format", help="table, csv or json.")] = "table",
-    output_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--output", "-o", help="Also write the results to this file (.json: JSON, else CSV).", show_default=False
-        ),
-    ] = None,
+    format: FormatOpt = "table",
+    output_file: OutputOpt = None,
     device: DeviceOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Inputs embedded per batch.")] = 32,
-    which: Annotated[str, typer.Option("--which", help="Checkpoint of the run: best or last.")] = "best",
+    which: WhichOpt = "best",
 ) -> None:
     """Embed photographs and/or barcodes with a run's model and list the k nearest reference specimens of its keys.
 
@@ -77,22 +72,10 @@ def command(
     )
     for note in result.notes:
         output.warning(note)
-    if format == "table":
-        _table(result)
-    elif format == "csv":
-        output.console.print(output.csv_text(result.rows(), ROW_COLUMNS), markup=False, highlight=False, emoji=False,
-                             soft_wrap=True, end="")  # fmt: skip
-    else:
-        import json
-
-        output.console.print(json.dumps(result.to_dict(), indent=2), markup=False, highlight=False, emoji=False,
-                             soft_wrap=True)  # fmt: skip
-    if output_file is not None:
-        if output_file.suffix.lower() == ".json":
-            output.write_json(output_file, result.to_dict())
-        else:
-            output.write_csv(output_file, result.rows(), ROW_COLUMNS)
-        output.info(f"wrote {output_file}")
+    output.emit(
+        result.rows(), format, output_file, columns=ROW_COLUMNS, json_obj=result.to_dict(),
+        show_table=lambda: _table(result),
+    )  # fmt: skip
     failed = result.failed
     for p in failed:
         output.warning(f"{p.input}: {p.error}")

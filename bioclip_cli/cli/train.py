@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
-from bioclip_cli.cli.options import ConfigOpt, OutDirOpt, PresetOpt, SetOpt, examples
+from bioclip_cli.cli.options import ConfigOpt, FormatOpt, OutDirOpt, OutputOpt, PresetOpt, SetOpt, examples
 
 EXAMPLES = examples(
     "bioclip train --preset idt-5m",
     "bioclip train --preset id-1m --set train.batch_size=128 --out runs/id-1m-b128",
     "accelerate launch --num_processes 4 -m bioclip_cli train --preset idt-5m-clibd",
     "bioclip train --preset idt-5m --out runs/idt-5m --resume",
+    "bioclip train --preset tiny --max-steps 10 --format json > summary.json",
 )
 NO_ARGS_IS_HELP = True
 
@@ -26,10 +27,15 @@ def _flag_sets(**flags) -> list[str]:
     return [f"{keys[name]}={value}" for name, value in flags.items() if value is not None]
 
 
-def _console_events():
-    """Training events printed as they come: parameter table, messages, a compact table per evaluation."""
+def _console_events(tables_to_stderr: bool = False):
+    """Training events printed as they come: parameter table, messages, a compact table per evaluation.
+
+    With --format json/csv the tables are progress, not the result: they go to stderr with the messages.
+    """
     from bioclip_cli.cli import output
     from bioclip_cli.workflows.train import TrainEvents
+
+    stream = output.err if tables_to_stderr else output.console
 
     class ConsoleEvents(TrainEvents):
         def message(self, text: str) -> None:
@@ -37,7 +43,7 @@ def _console_events():
 
         def parameters(self, rows: list[dict]) -> None:
             shown = [{k: f"{v:,}" if isinstance(v, int) else v for k, v in row.items()} for row in rows]
-            output.print_table(shown, title="parameters")
+            output.print_table(shown, title="parameters", stream=stream)
 
         def evaluated(self, epoch: float, step: int, result, selection: dict) -> None:
             from bioclip_cli.retrieval.eval_result import pair_label
@@ -51,7 +57,7 @@ def _console_events():
                         name = "H.M." if split == "harmonic_mean" else split
                         row[f"{name} {level}"] = f"{100 * result.accuracy(query, key, split, 'micro', k, level):5.1f}"
                 rows.append(row)
-            output.print_table(rows, title=f"epoch {epoch} (step {step}): micro top-{k} accuracy (%)")
+            output.print_table(rows, title=f"epoch {epoch} (step {step}): micro top-{k} accuracy (%)", stream=stream)
             mark = (
                 " (new best)"
                 if selection["is_best"]
@@ -80,16 +86,21 @@ def command(
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed.", show_default=False)] = None,
     precision: Annotated[
-        str | None, typer.Option("--precision", help="fp32, bf16 or fp16.", show_default=False)
+        Literal["fp32", "bf16", "fp16"] | None,
+        typer.Option("--precision", help="Training precision (default: the preset's).", show_default=False),
     ] = None,
     report_to: Annotated[
-        str | None, typer.Option("--report-to", help="wandb or tensorboard (off by default).", show_default=False)
+        Literal["wandb", "tensorboard"] | None,
+        typer.Option("--report-to", help="Experiment tracker (off by default).", show_default=False),
     ] = None,
+    format: FormatOpt = "table",
+    output_file: OutputOpt = None,
 ) -> None:
     """Train a BIOSCAN-CLIP model; writes runs/NAME/ (config, checkpoints/last and best, metrics.jsonl).
 
     With --resume the run's saved config.yaml is the base (--config, --set and the flags still apply on top),
-    and training continues exactly where the saved state left off.
+    and training continues exactly where the saved state left off. The summary at the end (run, epochs,
+    steps, speed, best score) is a table, or JSON/CSV with --format.
     """
     from bioclip_cli.cli import output
     from bioclip_cli.config import load_config
@@ -122,9 +133,14 @@ def command(
 
     from bioclip_cli.workflows.train import train
 
-    result = train(cfg, run_dir, resume=resume, events=_console_events())
+    result = train(cfg, run_dir, resume=resume, events=_console_events(tables_to_stderr=format != "table"))
     if not result.is_main:
         return
+    best = result.best or {}
+    summary = {"run": str(run_dir), "stopped": result.stopped, "epochs": result.epochs, "steps": result.steps,
+               "samples_per_second": round(result.samples_per_second, 1), "best_metric": best.get("metric"),
+               "best_value": best.get("value"), "best_epoch": best.get("epoch")}  # fmt: skip
+    output.emit([summary], format, output_file, title=f"bioclip train: {cfg.name}")
     if result.stopped == "already complete":
         output.info(f"{run_dir} already finished its {result.epochs} epoch(s) ({result.steps} steps)")
         output.hint(f"train longer: bioclip train --out {run_dir} --resume --epochs {cfg.train.epochs + 1}")

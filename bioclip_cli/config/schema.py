@@ -2,7 +2,7 @@
 
 A preset (YAML in `presets/`) is a partial dict over these fields; :mod:`.loader` merges presets,
 `--config` files and `--set` overrides, converts values to the declared types and validates them.
-Field defaults are the paper's v1 recipe (SPEC §3) wherever the paper fixes a value.
+Field defaults are the paper's v1 recipe (docs/method.md, Training recipes) wherever the paper fixes a value.
 Cross-field checks live in `validate()` methods and raise ConfigError naming the key.
 """
 
@@ -30,7 +30,8 @@ def _check(ok: bool, key: str, message: str) -> None:
 
 @dataclass(frozen=True)
 class ImageDataConfig:
-    """Image decoding and transforms (SPEC §3). Pixels stay in [0, 1] unless mean/std are given."""
+    """Image decoding and transforms (docs/method.md, Training recipes): pixels stay in [0, 1] unless mean/std
+    are given."""
 
     resize: int = 256  # shorter side after resize (bilinear, antialiased, on the float tensor)
     crop: int = 224  # eval: centre crop; train: RandomResizedCrop output size
@@ -71,7 +72,7 @@ class ImageDataConfig:
 
 @dataclass(frozen=True)
 class DnaDataConfig:
-    """BarcodeBERT k-mer tokenisation (SPEC §1): pad/truncate to max_len with N, k-mers, prefix id."""
+    """BarcodeBERT k-mer tokenisation (docs/method.md, Model): pad/truncate to max_len with N, k-mers, prefix id."""
 
     k: int = 5
     max_len: int = 660
@@ -279,7 +280,8 @@ class BestMetric:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The optimisation recipe. Defaults are v1 (SPEC §3); the `*-clibd` presets switch to v2."""
+    """The optimisation recipe. Defaults are v1 (docs/method.md, Training recipes); the `*-clibd` presets
+    switch to v2."""
 
     enabled: bool = True  # False for the untrained `none-*` baselines
     epochs: int = 15
@@ -332,7 +334,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Retrieval evaluation (SPEC §5) and the embedding export that feeds it."""
+    """Retrieval evaluation (docs/method.md, Evaluation) and the embedding export that feeds it."""
 
     split: Literal["val", "test"] = "val"
     k: list[int] = field(default_factory=lambda: [1, 3, 5])

@@ -1,44 +1,40 @@
-"""The raw BIOSCAN releases, read as a stream of column-wise batches for `build-hdf5` (SPEC §4).
+"""The raw BIOSCAN releases, read as a stream of column-wise batches for `build-hdf5` (docs/method.md, Data).
 
 - 5M (the layout of the `bioscan-dataset` package): ``R/bioscan5m/metadata/csv/BIOSCAN_5M_Insect_Dataset_metadata.csv``
   and ``R/bioscan5m/images/{package}/{split}/{chunk}/{processid}.jpg`` (no chunk folder for the evaluation
   splits). Groups come from the ``split`` column (:data:`GROUPS_5M`).
 - 1M: the metadata TSV ``BIOSCAN_Insect_Dataset_metadata.tsv``, images ``{package}/part{chunk_number}/{image_file}``
   and the published partition: one ``{group}.txt`` file per group listing sampleids, one per line.
-  (SPEC and ../shared/realdata confirm the file name, the group names, ``uri`` as the BIN and ``image_file`` as
+  (The published files confirm the file name, the group names, ``uri`` as the BIN and ``image_file`` as
   ``<id>.jpg``; the ``nucraw`` and ``chunk_number`` columns, the ``part{N}`` folders and the partition file
   format are not confirmed by them.)
 
-The metadata is read in blocks of about 1 MB of bytes. :meth:`Table.widest` scans the file once first, with
-numpy over the raw bytes, for the widest value of each column (the file stores fixed-width strings). Then each
-block is parsed on its own (:class:`Parse5M`, :class:`Parse1M`: the wanted cells cut at separator positions
-found by numpy, handled column by column as UTF-8 bytes, the string columns made fixed-width arrays) into a
-:class:`ParsedBlock`; :func:`with_images` reads its rows' image files into one buffer per part (no bytes object
-per file); the release's ``batches`` then does, in file order, what depends on the rows before (duplicates,
-unknown splits, groups) and yields :class:`RawBatch` es. `build-hdf5` runs the parsing and the reading in
-worker processes (:mod:`.worker_stream`), ahead of the process that writes the file. Also the checks (image
-bytes, barcode characters, missing ranks), :class:`ImageReader` and :class:`ProblemLog`, which counts and lists
-every bad input so nothing is dropped silently.
+The metadata is read in blocks of about 1 MB (:mod:`.raw_metadata`: the widest value of each column first,
+then each block cut into column-wise cells with numpy). Each block is parsed on its own (:class:`Parse5M`,
+:class:`Parse1M`: the wanted cells handled column by column as UTF-8 bytes, the string columns made
+fixed-width arrays) into a :class:`ParsedBlock`; :func:`with_images` reads its rows' image files into one
+buffer per part (:mod:`.raw_images`: no bytes object per file); the release's ``batches`` then does, in file
+order, what depends on the rows before (duplicates, unknown splits, groups) and yields :class:`RawBatch` es.
+`build-hdf5` runs the parsing and the reading in worker processes (:mod:`.worker_stream`), ahead of the
+process that writes the file. Every bad input is counted and listed (:mod:`.raw_problems`), so nothing is
+dropped silently.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import os
-import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import repeat
-from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
 
-from bioclip_cli.data.taxonomy import LEVELS, NOT_CLASSIFIED, clean_rank
-from bioclip_cli.data.worker_stream import shared_buffer
+from bioclip_cli.data.raw_images import ImageReader
+from bioclip_cli.data.raw_metadata import BlockSpec, Table, bytes_column, clean_ranks, rows_picker, stripped_cells
+from bioclip_cli.data.raw_problems import ProblemLog, barcode_problems, missing_rank_bits
+from bioclip_cli.data.taxonomy import LEVELS, NOT_CLASSIFIED
 from bioclip_cli.errors import DataError
 
 SPLITS_5M: tuple[str, ...] = (
@@ -51,7 +47,7 @@ SPLITS_5M: tuple[str, ...] = (
     "test_unseen",
     "other_heldout",
 )
-GROUPS_5M: dict[str, tuple[str, ...]] = {  # group -> metadata splits (SPEC §4, 5M mapping)
+GROUPS_5M: dict[str, tuple[str, ...]] = {  # group -> metadata splits (docs/method.md, Data: groups)
     "no_split_and_seen_train": ("pretrain", "train"),
     "seen_keys": ("train",),
     "unseen_keys": ("key_unseen",),
@@ -84,12 +80,6 @@ REQUIRED_1M = ("sampleid", "image_file", "chunk_number", *LEVELS)
 # the metadata columns a batch is made of, in the order Release5M.batches / Release1M.batches unpack them
 _COLUMNS_5M = ("processid", "split", "chunk", "dna_barcode", *LEVELS, "sampleid", "dna_bin")
 _COLUMNS_1M = ("sampleid", "image_file", "chunk_number", *LEVELS, "nucraw", "dna_barcode", "uri", "dna_bin")
-_STR_ONLY_SPACE = (b"\x1c", b"\x1d", b"\x1e", b"\x1f")  # ASCII whitespace to str.strip, not to bytes.strip
-_READ_SIZE = 1 << 16  # first read() of a file: any 256-px JPEG in one call, and under malloc's mmap threshold
-_BLOCK_CHARS = 1 << 20  # metadata characters parsed per block
-# bytes at the end of a file searched for the end-of-image marker: cameras append data after it (every BIOSCAN-1M
-# original photograph ends with a 2,148-byte trailer); the marker cannot occur in the compressed data itself
-_EOI_WINDOW = 1 << 16
 _SPLIT_CODES = {split: i for i, split in enumerate(SPLITS_5M)}
 _SPLIT_BYTE_CODES = {split.encode(): i for split, i in _SPLIT_CODES.items()}
 STRINGS_5M: tuple[str, ...] = ("barcode", *LEVELS, "sampleid", "image_file", "processid", "dna_bin")
@@ -276,71 +266,38 @@ def with_images(
 
 
 @dataclass(frozen=True, slots=True)
-class _BlockSpec:
-    """Where the cells of a block are: the file (for errors), delimiter, header width, column indices."""
-
-    path: str
-    delimiter: str
-    width: int
-    idx: tuple[int | None, ...]
-
-    def cells(self, block: bytes) -> tuple[int, list[list[bytes]]]:
-        """The rows of a block of whole lines and its cells at `idx`, column-wise, as UTF-8 bytes: exactly what
-        the csv module reads (a column the file lacks, or a cell a short row lacks, is empty).
-
-        A plain block (no quote, NUL or bare CR; every line as wide as the header) is cut at the positions of
-        its separators (numpy), only the wanted cells made into objects; any other is parsed as text."""
-        if not block.isascii():
-            try:
-                block.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(
-                    self.path,
-                    f"{self.path} is not UTF-8 text ({exc.reason} in a block of {len(block):,} bytes)",
-                    "save the metadata as UTF-8",
-                ) from None
-        crs = block.count(b"\r") if b"\r" in block else 0  # (`in` is a fast scan, count is not)
-        if b'"' not in block and b"\0" not in block and (not crs or crs == block.count(b"\r\n")):
-            cut = _plain_cells(block.replace(b"\r\n", b"\n") if crs else block, self.delimiter, self.width, self.idx)
-            if cut is not None:
-                return cut
-        n, columns = _block_columns(block.decode("utf-8"), self.delimiter, self.width, list(self.idx))
-        return n, [[cell.encode("utf-8") for cell in column] for column in columns]
-
-
-@dataclass(frozen=True, slots=True)
 class Parse5M:
     """Parses a block of the BIOSCAN-5M metadata in a worker: candidates are the rows of a `selected` split."""
 
-    spec: _BlockSpec
+    spec: BlockSpec
     images: str
     selected: tuple[bool, ...]  # per split code
 
     def __call__(self, block: bytes) -> ParsedBlock:
         n, cols = self.spec.cells(block)
         pid, split, chunk, barcode, order, family, genus, species, sampleid, dna_bin = cols
-        keys, split = _stripped(pid), _stripped(split)
+        keys, split = stripped_cells(pid), stripped_cells(split)
         unknown = len(SPLITS_5M)
         codes = np.fromiter(map(_SPLIT_BYTE_CODES.get, split, repeat(unknown)), dtype=np.int8, count=n)
         odd = {i: split[i].decode("utf-8") for i in np.flatnonzero(codes == unknown).tolist()}
         candidates = np.flatnonzero(np.asarray(self.selected)[codes])
         take = rows_picker(candidates, n)
-        pid, split, chunk, barcode = take(keys), take(split), _stripped(take(chunk)), _stripped(take(barcode))
-        ranks = [_ranks(take(col)) for col in (order, family, genus, species)]
-        strings = [barcode, *ranks, _stripped(take(sampleid)), [p + b".jpg" for p in pid], pid]
-        strings.append(_stripped(take(dna_bin)))
+        pid, split, chunk, barcode = take(keys), take(split), stripped_cells(take(chunk)), stripped_cells(take(barcode))
+        ranks = [clean_ranks(take(col)) for col in (order, family, genus, species)]
+        strings = [barcode, *ranks, stripped_cells(take(sampleid)), [p + b".jpg" for p in pid], pid]
+        strings.append(stripped_cells(take(dna_bin)))
         base = os.fsencode(self.images)
         paths = [
             b"%s/%s/%s/%s.jpg" % (base, s, c, p) if c else b"%s/%s/%s.jpg" % (base, s, p)
             for s, c, p in zip(split, chunk, pid)
         ]
-        columns = [_bytes_column(col) for col in strings]
+        columns = [bytes_column(col) for col in strings]
         return ParsedBlock(
             n,
-            _bytes_column(keys),
+            bytes_column(keys),
             candidates,
             columns[-2],
-            _bytes_column(paths),
+            bytes_column(paths),
             columns,
             barcode_problems(barcode),
             missing_rank_bits(ranks),
@@ -353,26 +310,26 @@ class Parse5M:
 class Parse1M:
     """Parses a block of the BIOSCAN-1M metadata in a worker (every row is a candidate: the partition decides)."""
 
-    spec: _BlockSpec
+    spec: BlockSpec
     images: str
 
     def __call__(self, block: bytes) -> ParsedBlock:
         n, cols = self.spec.cells(block)
         sid, image_file, chunk_number, order, family, genus, species, nucraw, dna_barcode, uri, dna_bin = cols
-        sid, image_file = _stripped(sid), _stripped(image_file)
+        sid, image_file = stripped_cells(sid), stripped_cells(image_file)
         keys = [f or s for f, s in zip(image_file, sid)]
-        barcode = _stripped([a or b for a, b in zip(nucraw, dna_barcode)])  # nucraw, else dna_barcode
-        bins = _stripped([a or b for a, b in zip(uri, dna_bin)])
-        ranks = [_ranks(col) for col in (order, family, genus, species)]
+        barcode = stripped_cells([a or b for a, b in zip(nucraw, dna_barcode)])  # nucraw, else dna_barcode
+        bins = stripped_cells([a or b for a, b in zip(uri, dna_bin)])
+        ranks = [clean_ranks(col) for col in (order, family, genus, species)]
         base = os.fsencode(self.images)
-        paths = [b"%s/part%s/%s" % (base, c, f) for c, f in zip(_stripped(chunk_number), image_file)]
-        columns = [_bytes_column(col) for col in (barcode, *ranks, sid, image_file, bins)]
+        paths = [b"%s/part%s/%s" % (base, c, f) for c, f in zip(stripped_cells(chunk_number), image_file)]
+        columns = [bytes_column(col) for col in (barcode, *ranks, sid, image_file, bins)]
         return ParsedBlock(
             n,
-            _bytes_column(keys),
+            bytes_column(keys),
             np.arange(n),
             columns[-2],
-            _bytes_column(paths),
+            bytes_column(paths),
             columns,
             barcode_problems(barcode),
             missing_rank_bits(ranks),
@@ -576,218 +533,9 @@ class Release1M:
             yield batch
 
 
-class Table:
-    """A CSV/TSV read as a stream of rows or of column blocks; the header is checked on construction and
-    ``columns`` maps each name to its index."""
-
-    def __init__(self, path: Path, delimiter: str, required: tuple[str, ...], any_of: tuple[str, ...] = ()):
-        self.path = path
-        self.delimiter = delimiter
-        with open(path, "rb") as fh:
-            first = fh.readline()
-        try:
-            header = next(csv.reader([first.decode("utf-8")], delimiter=delimiter), [])
-        except UnicodeDecodeError as exc:
-            raise DataError(path, f"{path} is not UTF-8 text ({exc.reason} in its header)") from None
-        missing = [c for c in required if c not in header]
-        if any_of and not set(any_of) & set(header):
-            missing.append(" or ".join(any_of))
-        if missing:
-            raise DataError(path, f"{path} lacks column(s) {', '.join(missing)}; it has: {', '.join(header)}")
-        self.header = header
-        self.columns = {name: i for i, name in reversed(list(enumerate(header)))}  # first one wins
-
-    def __iter__(self) -> Iterator[list[str]]:
-        """The rows after the header, as ``csv.reader`` gives them (a blank line is ``[]``)."""
-        for block in self._blocks():
-            yield from _split_lines(block, self.delimiter)
-
-    def spec(self, names: Sequence[str]) -> _BlockSpec:
-        """Where the cells of the columns `names` are (a column the file lacks reads as ``""``)."""
-        return _BlockSpec(str(self.path), self.delimiter, len(self.header), tuple(self.columns.get(n) for n in names))
-
-    def raw_blocks(self) -> Iterator[bytes]:
-        """The bytes after the header in blocks of whole lines (see :meth:`_blocks`)."""
-        return self._blocks(binary=True)
-
-    def column_blocks(self, names: Sequence[str]) -> Iterator[tuple[int, list[list[bytes]]]]:
-        """``(rows, columns)`` per block of rows: the cells of the columns `names` as UTF-8 bytes (a column the
-        file lacks, or a cell a short row lacks, is empty), exactly what :meth:`__iter__` gives, column-wise
-        (what :class:`Parse5M` and :class:`Parse1M` parse; see :meth:`_BlockSpec.cells`)."""
-        spec = self.spec(names)
-        for block in self.raw_blocks():
-            yield spec.cells(block)
-
-    def widest(self, names: Sequence[str], progress=None) -> tuple[int, list[int]]:
-        """The number of rows and, per column of `names`, the widest cell in UTF-8 bytes (0 for a column the
-        file lacks). The cell lengths of a plain block (no quotes, every line as wide as the header) come from
-        the positions of its separators (numpy, no str objects); other blocks are parsed. `progress(nbytes)` is
-        called after each block."""
-        rows = 0
-        widest = [0] * len(names)
-        for nbytes, n, found in map(_BlockWidths(self.spec(names)), self.raw_blocks()):
-            rows += n
-            widest = [max(w, f) for w, f in zip(widest, found)]
-            if progress is not None:
-                progress(nbytes)
-        return rows, widest
-
-    def _blocks(self, binary: bool = False) -> Iterator:
-        """The text after the header in blocks of whole lines (each ending with a newline); bytes when `binary`
-        (cut at the same lines: a newline byte is never inside a UTF-8 character).
-
-        A block is extended until its quotes balance, so that no quoted field is cut."""
-        newline, quote = (b"\n", b'"') if binary else ("\n", '"')
-        with open(self.path, "rb") if binary else open(self.path, newline="", encoding="utf-8") as fh:
-            fh.readline()  # the header (checked in __init__)
-            tail = newline[:0]
-            while True:
-                block = fh.read(_BLOCK_CHARS)
-                if not block:
-                    break
-                block = tail + block
-                cut = block.rfind(newline) + 1
-                if cut == 0:  # no line end yet: read on
-                    tail = block
-                    continue
-                block, tail = block[:cut], block[cut:]
-                if quote in block and block.count(quote) % 2:  # a quoted field runs on: read on
-                    tail = block + tail
-                    continue
-                yield block
-            if tail:
-                yield tail if tail.endswith(newline) else tail + newline
-
-
-def _block_columns(block: str, delimiter: str, width: int, idx: list[int | None]) -> tuple[int, list[list[str]]]:
-    """The rows of a block of whole lines and its cells at `idx`, column-wise (see :meth:`Table.column_blocks`)."""
-    crs = block.count("\r") if "\r" in block else 0
-    if '"' not in block and "\0" not in block and (not crs or crs == block.count("\r\n")):
-        if crs:
-            block = block.replace("\r\n", "\n")
-        lines = block.split("\n")
-        lines.pop()  # after the last newline
-        if set(map(str.count, lines, repeat(delimiter))) == {width - 1}:
-            n = len(lines)
-            cells = block[:-1].replace("\n", delimiter).split(delimiter)
-            return n, [cells[i::width] if i is not None else [""] * n for i in idx]
-        rows = [line.split(delimiter) if line else [] for line in lines]
-    else:
-        rows = list(_split_lines(block, delimiter))
-    picked = [_pad(row, idx) for row in rows]
-    return len(rows), [list(col) for col in zip(*picked)] if picked else [[] for _ in idx]
-
-
-@dataclass(frozen=True, slots=True)
-class _BlockWidths:
-    """``(bytes, rows, widest cell per column)`` of a block (see :meth:`Table.widest`)."""
-
-    spec: _BlockSpec
-
-    def __call__(self, block: bytes) -> tuple[int, int, list[int]]:
-        crs = block.count(b"\r") if b"\r" in block else 0  # (`in` is a fast scan, count is not)
-        plain = b'"' not in block and b"\0" not in block and (not crs or crs == block.count(b"\r\n"))
-        lengths = _cell_lengths(block, self.spec.delimiter, self.spec.width) if plain else None  # bare CR: parse
-        if lengths is not None:
-            n = len(lengths)
-            top = lengths.max(axis=0).tolist() if n else [0] * self.spec.width
-            return len(block), n, [top[i] if i is not None else 0 for i in self.spec.idx]
-        n, columns = self.spec.cells(block)
-        return len(block), n, [max(map(len, cells), default=0) for cells in columns]
-
-
-def _bytes_column(values: list[bytes]) -> np.ndarray:
-    """A column of byte strings as a fixed-width array, as wide as the widest (at least 1)."""
-    return np.fromiter(values, dtype=f"S{max(1, max(map(len, values), default=1))}", count=len(values))
-
-
-def _plain_cells(block: bytes, delimiter: str, width: int, idx: tuple[int | None, ...]):
-    """``(rows, cells at idx column-wise)`` of a block of whole lines with no quote, NUL or CR, or None when a
-    line is not `width` cells wide. The cells are cut at the separator positions found by numpy."""
-    ends = _cell_ends(block, delimiter, width)
-    if ends is None:
-        return None
-    n = len(ends)
-    line_starts = np.empty(n, dtype=ends.dtype)
-    line_starts[:1] = 0
-    line_starts[1:] = ends[:-1, -1] + 1
-    cut = block.__getitem__
-    columns = []
-    for i in idx:
-        if i is None:
-            columns.append([b""] * n)
-            continue
-        starts = (ends[:, i - 1] + 1 if i else line_starts).tolist()
-        columns.append(list(map(cut, map(slice, starts, ends[:, i].tolist()))))
-    return n, columns
-
-
-def _cell_ends(block: bytes, delimiter: str, width: int) -> np.ndarray | None:
-    """[rows, width] positions of the separator or newline that ends each cell of a block of whole lines, or
-    None when a line is not `width` cells wide."""
-    data = np.frombuffer(block, dtype=np.uint8)
-    ends = np.flatnonzero((data == ord(delimiter)) | (data == ord("\n")))
-    n = len(ends) // width
-    newline = data[ends] == ord("\n")
-    if len(ends) != n * width or np.count_nonzero(newline) != n or not newline[width - 1 :: width].all():
-        return None
-    return ends.reshape(n, width)
-
-
-def _cell_lengths(block: bytes, delimiter: str, width: int) -> np.ndarray | None:
-    """[rows, width] byte lengths of the cells of a block of whole lines, or None when a line is not `width`
-    cells wide (then the block is parsed instead). A CR before the newline counts in the last cell."""
-    ends = _cell_ends(block, delimiter, width)
-    if ends is None:
-        return None
-    flat = ends.reshape(-1)
-    starts = np.empty_like(flat)
-    starts[:1] = 0
-    starts[1:] = flat[:-1] + 1
-    return (flat - starts).reshape(ends.shape)
-
-
-_RANKS: dict[bytes, bytes] = {}  # raw rank cell -> clean_rank(cell): a few thousand distinct values repeat
-
-
-def _ranks(cells: list[bytes]) -> list[bytes]:
-    """:func:`clean_rank` of every cell (UTF-8 bytes; through a cache of the distinct values)."""
-    out = list(map(_RANKS.get, cells))
-    if None in out:
-        for i, value in enumerate(out):
-            if value is None:
-                cell = cells[i]
-                value = out[i] = clean_rank(cell).encode("utf-8")
-                if len(_RANKS) < 1 << 20:
-                    _RANKS[cell] = value
-    return out
-
-
 def _rank_widths(widths: dict[str, int]) -> dict[str, int]:
     """Room for ``not_classified`` in the rank columns (missing ranks are written so)."""
     return {k: max(w, len(NOT_CLASSIFIED)) if k in LEVELS else w for k, w in widths.items()}
-
-
-def _stripped(cells: list[bytes]) -> list[bytes]:
-    """Each UTF-8 cell with its leading and trailing whitespace removed, as ``str.strip`` removes it (bytes'
-    strip where that is the same: ASCII without the information separators \\x1c-\\x1f)."""
-    joined = b"".join(cells)
-    if joined.isascii() and not any(space in joined for space in _STR_ONLY_SPACE):
-        return list(map(bytes.strip, cells))
-    return [cell.decode("utf-8").strip().encode("utf-8") for cell in cells]
-
-
-def rows_picker(rows: np.ndarray, n: int) -> Callable[[list], list]:
-    """A function that picks `rows` (indices) out of a list of length `n`, as a list (C-speed ``itemgetter``)."""
-    if len(rows) == n and (n == 0 or (rows[0] == 0 and rows[-1] == n - 1)):  # all, in order
-        return lambda cells: cells
-    if len(rows) == 1:
-        i = int(rows[0])
-        return lambda cells: [cells[i]]
-    if len(rows) == 0:
-        return lambda cells: []
-    pick = itemgetter(*rows.tolist())
-    return lambda cells: list(pick(cells))
 
 
 def _first_occurrences(
@@ -814,26 +562,6 @@ def _first_occurrences(
     return keep
 
 
-def _split_lines(block: str, delimiter: str) -> Iterator[list[str]]:
-    """The rows of a block of whole lines (ending with a newline), as csv.reader parses them."""
-    crs = block.count("\r")
-    if '"' in block or "\0" in block or (crs and crs != block.count("\r\n")):  # quotes, NUL, a bare CR
-        yield from csv.reader(io.StringIO(block, newline=""), delimiter=delimiter)
-        return
-    lines = block.split("\n")
-    lines.pop()  # after the last newline
-    crlf = crs > 0
-    for line in lines:
-        if crlf and line.endswith("\r"):
-            line = line[:-1]
-        yield line.split(delimiter) if line else []
-
-
-def _pad(row: list[str], idx: list[int | None]) -> list[str]:
-    """The cells at `idx` of a row (cells a short row lacks read as empty)."""
-    return [row[i] if i is not None and i < len(row) else "" for i in idx]
-
-
 def _first_file(candidates: list[Path]) -> Path:
     for path in candidates:
         if path.is_file():
@@ -845,239 +573,3 @@ def _first_file(candidates: list[Path]) -> Path:
     )
 
 
-# ----------------------------------------------------------------------------------------- checks
-
-
-def read_file_into(path: str | bytes, buf: np.ndarray, pos: int) -> tuple[np.ndarray, int]:
-    """Read a whole file into the uint8 buffer `buf` at `pos`, with plain system calls (no intermediate bytes
-    object); when it does not fit, into a new buffer twice as large (or more) holding `buf`'s first `pos` bytes.
-    Returns the buffer and the file's length."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        n = os.readv(fd, [buf[pos:]]) if pos < len(buf) else 0
-        while pos + n == len(buf):  # full: there may be more
-            grown = np.empty(max(2 * len(buf), pos + n + _READ_SIZE), dtype=np.uint8)
-            grown[: pos + n] = buf[: pos + n]
-            buf = grown
-            more = os.readv(fd, [buf[pos + n :]])
-            if not more:
-                break
-            n += more
-        return buf, n
-    finally:
-        os.close(fd)
-
-
-def check_jpeg(data, decode: bool = False) -> str | None:
-    """What is wrong with these image bytes (any bytes-like object), or None. Cheap marker check; full decode
-    when `decode`."""
-    data = memoryview(data).cast("B")
-    if not len(data):
-        return "empty file"
-    if data[:3] != b"\xff\xd8\xff":
-        return "not a JPEG (no start-of-image marker)"
-    if data[-2:] != b"\xff\xd9" and bytes(data[-_EOI_WINDOW:]).rfind(b"\xff\xd9") < 0:
-        return "truncated JPEG (no end-of-image marker)"
-    if decode:
-        from PIL import Image
-
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                img.load()
-        except Exception as exc:  # Pillow raises several types for broken data
-            return f"corrupt JPEG ({type(exc).__name__}: {exc})"
-    return None
-
-
-def reencode_jpeg(data: bytes, quality: int) -> bytes:
-    """Decode any image and write it again as an RGB JPEG of the given quality (the upstream generator did)."""
-    from PIL import Image
-
-    from bioclip_cli.data.images import to_rgb
-
-    with Image.open(io.BytesIO(data)) as img:
-        rgb = to_rgb(img)
-    buf = io.BytesIO()
-    rgb.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def read_images(
-    paths: list[str] | list[bytes], decode: bool, reencode_quality: int | None, out: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray, list]:
-    """Read and check image files (paths as str or file-system bytes) one after the other into one uint8 buffer
-    (`out`, or a larger one when they do not fit): ``(data, ends, problems)``, file i being
-    ``data[ends[i-1]:ends[i]]`` (empty when bad) and the problems ``(index, kind, detail)``: ``missing_image``,
-    ``unreadable_image``, ``bad_image`` (details name the path as str). Re-encoded when `reencode_quality`."""
-    buf = out if out is not None else np.empty(len(paths) * _READ_SIZE // 4 + _READ_SIZE, dtype=np.uint8)
-    ends = np.empty(len(paths), dtype=np.int64)
-    pos = 0
-    problems = []
-    for i, path in enumerate(paths):
-        n = 0
-        try:
-            buf, n = read_file_into(path, buf, pos)
-        except FileNotFoundError:
-            problems.append((i, "missing_image", os.fsdecode(path)))
-        except OSError as exc:
-            problems.append((i, "unreadable_image", f"{os.fsdecode(path)}: {exc}"))
-        else:
-            problem = check_jpeg(buf[pos : pos + n], decode=decode or reencode_quality is not None)
-            if problem is not None:
-                problems.append((i, "bad_image", f"{problem}: {os.fsdecode(path)}"))
-                n = 0
-            elif reencode_quality is not None:
-                data = reencode_jpeg(buf[pos : pos + n].tobytes(), reencode_quality)
-                if pos + len(data) > len(buf):
-                    grown = np.empty(2 * (pos + len(data)), dtype=np.uint8)
-                    grown[:pos] = buf[:pos]
-                    buf = grown
-                n = len(data)
-                buf[pos : pos + n] = np.frombuffer(data, dtype=np.uint8)
-        pos += n
-        ends[i] = pos
-    return buf[:pos], ends, problems
-
-
-@dataclass(slots=True, eq=False)
-class _ReadTask:
-    paths: list
-    out: np.ndarray
-    future: Future | None = None  # when handed to the threads
-    result: tuple | None = None  # (data, ends, problems)
-
-
-class ImageReader:
-    """Reads and checks lists of image files (:func:`read_images`), results in submission order; in a pool
-    of threads while reading is slow, by the caller while it is fast.
-
-    Files in the page cache read in some 10 us, all of it CPU work under Python's GIL: threads would only
-    take turns with the caller (and cost more, in GIL hand-overs). Files on a disk or a network share take
-    0.1-10 ms, mostly waiting, which threads overlap. So the reader times each task (seconds per file, a
-    moving average) and hands new tasks to the threads only while that is above `slow_file`; a task no
-    thread has started when its result is wanted is run by the caller (so is the first task)."""
-
-    def __init__(self, workers: int, decode: bool, reencode_quality: int | None, slow_file: float = 100e-6):
-        self.options = (decode, reencode_quality)
-        self.slow_file = slow_file
-        self.seconds_per_file = 0.0  # the first task is read by the caller, and measures the files
-        self.bytes_per_file = 0.0
-        self._pool = ThreadPoolExecutor(max(1, workers))
-
-    def submit(self, paths: list) -> _ReadTask:
-        """Queue reading `paths` (into a :func:`~bioclip_cli.data.worker_stream.shared_buffer` as large as such
-        files have been so far); pass the returned task to :meth:`result`."""
-        capacity = int(len(paths) * self.bytes_per_file * 1.25) if self.bytes_per_file else _READ_SIZE // 4 * len(paths)
-        task = _ReadTask(paths, shared_buffer(capacity + _READ_SIZE))
-        if self.parallel and paths:
-            task.future = self._pool.submit(self._timed, paths, task.out)
-        return task
-
-    def result(self, task: _ReadTask) -> tuple[np.ndarray, np.ndarray, list]:
-        """``(data, ends, problems)`` of a submitted task (see :func:`read_images`)."""
-        if task.future is None or task.future.cancel():
-            return self._timed(task.paths, task.out)
-        return task.future.result()
-
-    @property
-    def parallel(self) -> bool:
-        """Whether new tasks go to the threads."""
-        return self.seconds_per_file >= self.slow_file
-
-    def _timed(self, paths: list, out: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
-        start = time.perf_counter()
-        result = read_images(paths, *self.options, out=out)
-        if paths:
-            per_file = (time.perf_counter() - start) / len(paths)
-            self.seconds_per_file = 0.5 * self.seconds_per_file + 0.5 * per_file
-            self.bytes_per_file = 0.5 * self.bytes_per_file + 0.5 * len(result[0]) / len(paths)
-        return result
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def __enter__(self) -> ImageReader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def barcode_problems(barcodes: list[bytes]) -> list[tuple[int, str, str | None]]:
-    """``(row, kind, detail)`` for every empty barcode (UTF-8 bytes) or one with characters outside ACGTN (one
-    pass over the joined column when all are clean)."""
-    if b"" not in barcodes and not b"".join(barcodes).translate(None, b"ACGTN"):
-        return []
-    out = []
-    for i, seq in enumerate(barcodes):
-        if not seq:
-            out.append((i, "empty_barcode", None))
-        elif seq.translate(None, b"ACGTN"):
-            odd = sorted(set(seq.decode("utf-8")) - set("ACGTN"))
-            out.append((i, "barcode_chars", "characters " + "".join(odd[:20])))
-    return out
-
-
-def missing_rank_bits(ranks: Sequence[list[bytes]]) -> np.ndarray:
-    """Per row, bit k set when rank k of `ranks` (order, family, genus, species columns, UTF-8 bytes) is
-    ``not_classified``."""
-    n = len(ranks[0]) if ranks else 0
-    missing = NOT_CLASSIFIED.encode()
-    bits = np.zeros(n, dtype=np.int64)
-    for k, column in enumerate(ranks):
-        if missing in column:
-            bits |= np.fromiter(map(missing.__eq__, column), dtype=bool, count=n).astype(np.int64) << k
-    return bits
-
-
-@dataclass
-class ProblemLog:
-    """Counts and ids of every bad input, by kind. ID lists are capped (`max_ids`); counts never are."""
-
-    max_ids: int = 10_000
-    kinds: dict[str, dict] = field(default_factory=dict)
-
-    def add(self, kind: str, record_id: str, action: str, detail: str | None = None) -> None:
-        entry = self.kinds.setdefault(kind, {"count": 0, "action": action, "ids": [], "details": {}})
-        entry["count"] += 1
-        if len(entry["ids"]) < self.max_ids:
-            entry["ids"].append(record_id)
-            if detail:
-                entry["details"][record_id] = detail
-
-    def room(self, kind: str) -> int:
-        """How many more ids of `kind` are listed (beyond that only counted)."""
-        return self.max_ids - len(self.kinds[kind]["ids"]) if kind in self.kinds else self.max_ids
-
-    def add_many(
-        self, kind: str, record_ids: list[str], action: str, details: list[str] | None = None, count: int | None = None
-    ) -> None:
-        """:meth:`add` for several rows of one kind at once (in order); `count` when more rows than the ids
-        given (the ids beyond :meth:`room` need not be given)."""
-        count = len(record_ids) if count is None else count
-        if not count:
-            return
-        entry = self.kinds.setdefault(kind, {"count": 0, "action": action, "ids": [], "details": {}})
-        entry["count"] += count
-        room = self.max_ids - len(entry["ids"])
-        if room > 0:
-            entry["ids"].extend(record_ids[:room])
-            if details is not None:
-                entry["details"].update((i, d) for i, d in zip(record_ids[:room], details[:room]) if d)
-
-    def count(self, kind: str) -> int:
-        return self.kinds.get(kind, {}).get("count", 0)
-
-    def to_dict(self) -> dict:
-        out = {}
-        for kind, entry in sorted(self.kinds.items()):
-            out[kind] = dict(entry, ids_truncated=entry["count"] > len(entry["ids"]))
-            if not entry["details"]:
-                out[kind].pop("details")
-        return out
-
-    def rows(self) -> list[dict]:
-        return [
-            {"problem": kind, "rows": e["count"], "action": e["action"], "first ids": ", ".join(e["ids"][:3])}
-            for kind, e in sorted(self.kinds.items())
-        ]

@@ -1,4 +1,4 @@
-"""BarcodeBERT's k-mer tokenizer (SPEC §1), vectorised over a batch with numpy.
+"""BarcodeBERT's k-mer tokenizer (docs/method.md, Model), vectorised over a batch with numpy.
 
 Vocabulary: ``<MASK>``=0, ``<CLS>``=1, ``<UNK>``=2, then the 4**k k-mers over ACGT in lexicographic order
 (k=5: AAAAA=3 ... TTTTT=1026). A k-mer holding any other character (N, IUPAC codes, '-', lower case,

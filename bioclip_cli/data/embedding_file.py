@@ -1,4 +1,4 @@
-"""Extracted-embedding files in the published layout (SPEC §5): write them, read them back.
+"""Extracted-embedding files in the published layout (docs/method.md, Evaluation): write them, read them back.
 
 Layout, shared with the released files of the paper::
 

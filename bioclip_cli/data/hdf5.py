@@ -1,4 +1,4 @@
-"""Reader for the BIOSCAN HDF5 layout (SPEC §4): the published 1M and 5M files and the ones we build.
+"""Reader for the BIOSCAN HDF5 layout (docs/method.md, Data): the published 1M and 5M files and the ones we build.
 
 One group per split; in a group, equally long datasets: ``image`` uint8 [N, L] (JPEG bytes, zero padded),
 ``image_mask`` [N] (byte lengths), the byte-string columns (``barcode``, ``order`` ... ``species``,

@@ -1,4 +1,5 @@
-"""Image decoding and the train/eval transforms of SPEC §3, with Pillow, OpenCV and torch (no torchvision).
+"""Image decoding and the train/eval transforms (docs/method.md, Training recipes), with Pillow, OpenCV and
+torch (no torchvision).
 
 - :func:`decode_image`: JPEG/PNG bytes -> RGB PIL image. Large JPEGs are decoded at a reduced DCT scale
   (Pillow draft mode) when the target is at least 2x smaller; any mode (L, LA, P, RGBA, CMYK, I;16...)
@@ -257,7 +258,8 @@ def _rotate_nearest(image: np.ndarray, matrix: np.ndarray, out: np.ndarray) -> N
 
 
 class TrainTransform:
-    """The training augmentation of SPEC §3: bytes or PIL image (+ seed or generator) -> [3, crop, crop].
+    """The training augmentation (docs/method.md, Training recipes): bytes or PIL image (+ seed or generator)
+    -> [3, crop, crop].
 
     :meth:`augment` gives the uint8 pixels [crop, crop, 3] (into a given slot of a batch, when asked): what the
     training dataset stores; ``transform(image, seed)`` the float32 [3, crop, crop] of :func:`pixels_to_float`.

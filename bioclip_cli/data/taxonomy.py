@@ -1,4 +1,5 @@
-"""Taxonomy text: the `"{order} {family} {genus} {species}"` string and its tokenisation (SPEC §1, Text).
+"""Taxonomy text: the `"{order} {family} {genus} {species}"` string and its tokenisation
+(docs/method.md, Model: text encoder).
 
 A missing rank is the literal ``not_classified``, as upstream. Any Hugging Face tokenizer works; the
 name ``bioclip-sample`` resolves to the small uncased WordPiece vocabulary bundled with the sample

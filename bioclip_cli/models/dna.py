@@ -1,4 +1,4 @@
-"""The DNA encoder: BarcodeBERT (a BERT masked-LM over 5-mers) with a new head (SPEC §1).
+"""The DNA encoder: BarcodeBERT (a BERT masked-LM over 5-mers) with a new head (docs/method.md, Model).
 
 Pooling `softmax-mean` (compat, what the released weights need): the BERT sees all tokens with no
 attention mask; per token: MLM transform (dense, GELU, LayerNorm) -> new Linear -> softmax over the

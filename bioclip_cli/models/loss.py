@@ -1,4 +1,5 @@
-"""The contrastive loss (SPEC §2): mean symmetric cross-entropy over every pair of present modalities.
+"""The contrastive loss (docs/method.md, Contrastive loss): mean symmetric cross-entropy over every pair of
+present modalities.
 
 For each pair (A, B) of L2-normalised features, logits = s · A·Bᵀ with the identity as target, in both
 directions; the total is the mean over all directional terms (2 for I+D, 6 for I+D+T).

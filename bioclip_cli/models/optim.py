@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule of the two recipes (SPEC §3).
+"""Optimizer and learning-rate schedule of the two recipes (docs/method.md, Training recipes).
 
 - v1: Adam, lr 1e-3, no weight decay, constant lr.
 - v2 (CLIBD): AdamW (weight decay on every trainable parameter), one-cycle schedule stepped once per

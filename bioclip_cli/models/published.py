@@ -1,4 +1,4 @@
-"""Converters from the published layouts to a :class:`WeightSet` under our names (SPEC §1).
+"""Converters from the published layouts to a :class:`WeightSet` under our names (docs/method.md, Model).
 
 - BarcodeBERT `model_41.pth`: a BERT masked-LM state dict (`bert.*`, `cls.predictions.*`), usually
   `module.`-prefixed; gives the DNA backbone and its MLM transform. Strict: anything else is an error.

@@ -1,4 +1,5 @@
-"""Top-k accuracy of the retrieval evaluation (SPEC §5): numpy arrays in, numbers out, no per-query loops.
+"""Top-k accuracy of the retrieval evaluation (docs/method.md, Evaluation): numpy arrays in, numbers out, no
+per-query loops.
 
 For each query the prediction at rank j is the label of its j-th nearest key (no voting). A query is a hit
 at k when its true label is among the labels of its first k keys. Micro top-k is the share of hits over

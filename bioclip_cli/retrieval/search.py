@@ -1,4 +1,5 @@
-"""Nearest-neighbour search for the retrieval evaluation (SPEC §5): exact inner product on unit vectors.
+"""Nearest-neighbour search for the retrieval evaluation (docs/method.md, Evaluation): exact inner product on
+unit vectors.
 
 The published evaluation L2-normalises queries and keys, casts them to float32 and searches a faiss
 `IndexFlatIP` for the top max(k) keys. :class:`FlatIndex` does the same, on the GPU when faiss was built

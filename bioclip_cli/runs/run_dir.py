@@ -1,4 +1,4 @@
-"""The run directory: everything one experiment made, in one place (DESIGN.md).
+"""The run directory: everything one experiment made, in one place (docs/architecture.md, Data flow).
 
     runs/NAME/
         config.yaml             the resolved configuration (reload with load_run_config)

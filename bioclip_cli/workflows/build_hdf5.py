@@ -1,4 +1,4 @@
-"""`build-hdf5`: a raw BIOSCAN release -> the published HDF5 group layout (SPEC §4).
+"""`build-hdf5`: a raw BIOSCAN release -> the published HDF5 group layout (docs/method.md, Data).
 
 One quick pass over the metadata finds the widest value of each string column (the strings are stored
 fixed-width, as in the published files); then the metadata is streamed in blocks of rows (never all rows
@@ -30,9 +30,7 @@ from bioclip_cli import __version__
 from bioclip_cli.data.build_raw import (
     GROUPS_1M,
     GROUPS_5M,
-    ImageReader,
     ParsedBlock,
-    ProblemLog,
     RawBatch,
     Release1M,
     Release5M,
@@ -40,6 +38,8 @@ from bioclip_cli.data.build_raw import (
     with_images,
 )
 from bioclip_cli.data.hdf5_writer import BioscanH5Writer
+from bioclip_cli.data.raw_images import ImageReader
+from bioclip_cli.data.raw_problems import ProblemLog
 from bioclip_cli.data.taxonomy import LEVELS, load_text_tokenizer, taxonomy_strings, tokenize_taxonomy
 from bioclip_cli.data.worker_stream import WorkerStream
 from bioclip_cli.errors import BioclipError, DataError
@@ -101,7 +101,7 @@ class BuildReport:
 
 
 def build_5m(root: str | Path, out: str | Path, splits: list[str] | None = None, **options) -> BuildReport:
-    """Build the BIOSCAN-5M HDF5 from the raw release under `root` (groups of SPEC §4, 5M mapping).
+    """Build the BIOSCAN-5M HDF5 from the raw release under `root` (groups: docs/method.md, Data).
 
     `splits` selects metadata splits; a group is written when all its source splits are selected.
     Options: those of :func:`build_hdf5`.
