@@ -86,6 +86,7 @@ def test_registry_matches_spec():
     assert hdf5 == {
         "bioscan5m-hdf5": ("data/BIOSCAN_5M/BIOSCAN_5M.hdf5", parse_size("190.4 GB")),
         "bioscan1m-hdf5": ("data/BIOSCAN_1M/split_data/BioScan_data_in_splits.hdf5", parse_size("79.7 GB")),
+        "insect-images-hdf5": ("data/INSECT/INSECT_images.hdf5", parse_size("2.73 GB")),
     }
 
 
@@ -156,7 +157,7 @@ def test_dry_run_shows_partial_and_verified(tmp_path):
 
 def test_unknown_target_lists_the_valid_ones():
     line = assert_one_error_line(run_cli("download", "10m"))
-    assert line == "Error: unknown download target '10m'; valid targets: 5m, 1m, checkpoints, embeddings, encoders"
+    assert line == "Error: unknown download target '10m'; valid targets: 5m, 1m, insect, checkpoints, embeddings, encoders"
     line = assert_one_error_line(run_cli("download", "1m", "--what", "everything", "--dry-run"))
     assert "valid: hdf5, raw, metadata, partition" in line
 

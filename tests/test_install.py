@@ -24,6 +24,7 @@ def test_wheel_ships_presets_and_the_installed_package_finds_them(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "bioclip_cli/presets/idt-5m.yaml" in names and "bioclip_cli/presets/_v1.yaml" in names
     assert not any(n.startswith("presets/") for n in names), "presets must live inside the package"
+    assert "bioclip_cli/data/insect_taxonomy.json" in names and "bioclip_cli/data/insect_taxonomy.LICENSE" in names
     assert "bioclip_cli/py.typed" in names  # PEP 561: type checkers read the package's annotations
 
     target = tmp_path / "site"

@@ -119,7 +119,7 @@ def test_shell_completion_offers_the_choices():
     assert complete("bioclip embed --which ") == ["best", "last"]
     assert complete("bioclip eval --device cu") == ["cuda", "cuda:0", "cuda:1"]
     assert complete("bioclip eval --key ") == ["image", "dna", "text", "avg", "concat", "all"]
-    assert complete("bioclip download ") == ["5m", "1m", "checkpoints", "embeddings", "encoders"]
+    assert complete("bioclip download ") == ["5m", "1m", "insect", "checkpoints", "embeddings", "encoders"]
     assert "env" in complete("bioclip e")
     script = run_cli("--show-completion", "bash")
     assert script.returncode == 0 and "_BIOCLIP_COMPLETE" in script.stdout

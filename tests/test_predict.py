@@ -190,7 +190,7 @@ def test_predict_cli_formats_and_exit_codes(demo_run, key_specimen, tmp_path):
     assert "1 of 2 input(s) could not be identified (bad)" in res.stderr
     lines = res.stdout.splitlines()
     assert lines[0] == ",".join(ROW_COLUMNS) and len(lines) == 1 + 2 + 1 + 1  # header, 2 neighbours, consensus, bad
-    assert lines[1].startswith(f"good,dna,dna,1,{key_specimen['id']},") and lines[-1].startswith("bad,dna,,,")
+    assert lines[1].startswith(f"good,good,dna,dna,1,{key_specimen['id']},") and lines[-1].startswith("bad,bad,dna,,,")
     data = json.loads((tmp_path / "p.json").read_text())
     assert data["failed"] == 1 and [p["status"] for p in data["predictions"]] == ["ok", "failed"]
     assert data["predictions"][0]["neighbors"][0]["similarity"] == pytest.approx(1.0, abs=1e-5)

@@ -21,8 +21,10 @@ from bioclip_cli.cli import (
     env,
     eval,
     inspect,
+    library,
     predict,
     presets,
+    split,
     train,
     zsl,
 )
@@ -76,12 +78,15 @@ for module, name in [
     (inspect, "inspect"),
     (demo, "demo"),
     (predict, "predict"),
+    (split, "split"),
     (env, "env"),
     (zsl, "zsl"),
 ]:
     app.command(name=name, epilog=module.EXAMPLES, no_args_is_help=getattr(module, "NO_ARGS_IS_HELP", False))(
         module.command
     )
+
+app.add_typer(library.app, name="library")
 
 
 def _choice_error(exc: Exception, argv: list[str]) -> tuple[str, str] | None:

@@ -1,4 +1,5 @@
-"""`bioclip build-hdf5`: the raw BIOSCAN-1M/5M releases -> the training HDF5 layout."""
+"""`bioclip build-hdf5`: the raw BIOSCAN-1M/5M releases, the INSECT dataset, or a manifest of your own specimens
+-> the training HDF5 layout."""
 
 from __future__ import annotations
 
@@ -15,14 +16,38 @@ EXAMPLES = examples(
     "bioclip build-hdf5 5m --root data/ --out data/BIOSCAN_5M/BIOSCAN_5M.hdf5 --text-tokenizer prajjwal1/bert-small",
     "bioclip build-hdf5 5m --root data/ --out sample.hdf5 --splits val,val_unseen,key_unseen --format json",
     "bioclip build-hdf5 1m --root data/BIOSCAN_1M --out data/BIOSCAN_1M/split_data/BioScan_data_in_splits.hdf5",
+    "bioclip build-hdf5 insect --root data/ --out data/INSECT/INSECT.hdf5",
+    "bioclip build-hdf5 custom --manifest specimens.csv --out my_specimens.hdf5",
+    "bioclip build-hdf5 custom --manifest specimens.csv --split-rule 1m --seed 0 --out my_specimens.hdf5",
 )
 NO_ARGS_IS_HELP = True
 
 
 def command(
-    dataset: Annotated[str, typer.Argument(help="Which release: 5m or 1m.")],
-    root: Annotated[Path, typer.Option("--root", help="Folder holding the raw release (metadata + images).")],
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            help="What to build from: 5m, 1m (raw releases), insect (raw BZSL release or processed pair) or custom (a manifest).",
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="The HDF5 file to write.")],
+    root: Annotated[
+        Path | None,
+        typer.Option("--root", help="5m/1m/insect: folder holding the release (metadata + images).", show_default=False),
+    ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--manifest",
+            help="custom: CSV/TSV with id,image,barcode,order,family,genus,species[,split] (image paths relative to it).",
+            show_default=False,
+        ),
+    ] = None,
+    split_rule: Annotated[
+        str | None,
+        typer.Option("--split-rule", help="custom without a split column: draw groups by these rules (1m).", show_default=False),
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of --split-rule.", show_default=False)] = None,
     splits: Annotated[
         str | None,
         typer.Option(
@@ -78,11 +103,28 @@ def command(
 ) -> None:
     """Build the training HDF5 (published group layout) from the raw release.
 
-    JPEG bytes are stored unchanged; bad rows are counted and listed in `<out>.report.json`.
+    JPEG bytes are stored unchanged; bad rows are counted and listed in `<out>.report.json`. For insect,
+    `<out>.metadata.csv` lists the rows stored (the INSECT_metadata.csv format, for BZSL).
     The file is written to `<out>.partial` and renamed when complete. The printed table (or --format
     json/csv) lists the rows written per group; JSON adds the bad-input summary.
     """
-    from bioclip_cli.cli import output
+    from bioclip_cli.errors import BioclipError
+
+    if dataset == "custom":
+        from bioclip_cli.workflows.build_custom import build_custom
+
+        if manifest is None:
+            raise BioclipError("build-hdf5 custom needs --manifest FILE", "bioclip build-hdf5 custom --manifest specimens.csv --out F")
+        report = build_custom(
+            manifest, out, split_rule=split_rule, seed=seed, text_tokenizer=text_tokenizer,
+            overwrite=overwrite, check_images=check_images,
+        )  # fmt: skip
+        _print_report(report, out, format, output_file)
+        return
+    if root is None:
+        raise BioclipError(f"build-hdf5 {dataset} needs --root FOLDER (the raw release)", f"bioclip build-hdf5 {dataset} --root data/ --out F")
+    if manifest is not None or split_rule is not None:
+        raise BioclipError("--manifest and --split-rule are for `build-hdf5 custom`")
     from bioclip_cli.workflows.build_hdf5 import build_hdf5
 
     report = build_hdf5(
@@ -99,6 +141,12 @@ def command(
         check_images=check_images,
         workers=workers,
     )
+    _print_report(report, out, format, output_file)
+
+
+def _print_report(report, out: Path, format, output_file) -> None:
+    from bioclip_cli.cli import output
+
     summary = {"out": str(out), "rows": report.rows_written, "groups": report.group_rows(),
                "problems": report.problem_rows(), "seconds": report.seconds, "report": str(report.report_path)}  # fmt: skip
     as_table = output.emit(

@@ -16,6 +16,7 @@ EXAMPLES = examples(
     "bioclip download 5m --what raw --root data/",
     "bioclip download checkpoints --preset idt-5m",
     "bioclip download embeddings --preset idt-1m",
+    "bioclip download insect --root data/",
 )
 NO_ARGS_IS_HELP = True
 
@@ -30,12 +31,16 @@ def command(
     target: Annotated[
         str,
         typer.Argument(
-            help="What to fetch: 5m, 1m, checkpoints, embeddings or encoders.", autocompletion=_complete_target
+            help="What to fetch: 5m, 1m, insect, checkpoints, embeddings or encoders.", autocompletion=_complete_target
         ),
     ],
     what: Annotated[
         Literal["hdf5", "raw", "metadata", "partition"],
-        typer.Option("--what", help="For 5m/1m: hdf5 (pre-built), raw (metadata + images), metadata, partition."),
+        typer.Option(
+            "--what",
+            help="For 5m/1m/insect: hdf5 (pre-built; insect: the processed release), raw (metadata + images), "
+            "metadata, partition.",
+        ),
     ] = "hdf5",
     preset: PresetOpt = None,
     root: Annotated[
@@ -50,7 +55,7 @@ def command(
     format: FormatOpt = "table",
     output: OutputOpt = None,
 ) -> None:
-    """Download the BIOSCAN datasets, checkpoints, pretrained encoders or released embeddings.
+    """Download the BIOSCAN and INSECT datasets, checkpoints, pretrained encoders or released embeddings.
 
     Every file is fetched to `<dest>.part` with HTTP range resume, checked against its published
     size and checksum, and only then renamed into place; re-running skips verified files.
@@ -83,7 +88,7 @@ def command(
 def _args(target: str, what: str, preset: str | None, root: Path, mirror: str | None) -> list[str]:
     """The same command without --dry-run, to copy."""
     args = [target]
-    if target in ("5m", "1m") and what != "hdf5":
+    if target in ("5m", "1m", "insect") and what != "hdf5":
         args += ["--what", what]
     for flag, value in (("--preset", preset), ("--mirror", mirror)):
         if value:

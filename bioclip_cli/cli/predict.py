@@ -14,6 +14,8 @@ EXAMPLES = examples(
     "bioclip predict a.jpg b.jpg --run runs/idt-5m --k 5 --format csv --output predictions.csv",
     "bioclip predict --dna-fasta barcodes.fasta --run runs/idt-5m --format json",
     "bioclip predict photo.jpg --dna ACGT... --run runs/idt-5m   # photograph + its barcode, averaged",
+    "bioclip predict photos/ --run runs/demo --keys library.h5 --log provenance.json",
+    "bioclip predict --manifest specimens.csv --run runs/demo --format csv --output ids.csv",
 )
 
 
@@ -34,7 +36,10 @@ def _table(result) -> None:
 
 
 def command(
-    images: Annotated[list[Path] | None, typer.Argument(help="Specimen photographs.", show_default=False)] = None,
+    images: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Specimen photographs: files, folders (searched recursively) or globs.", show_default=False),
+    ] = None,
     run: RunOpt = None,
     dna: Annotated[
         list[str] | None, typer.Option("--dna", help="A DNA barcode (repeatable).", show_default=False)
@@ -52,6 +57,27 @@ def command(
     device: DeviceOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Inputs embedded per batch.")] = 32,
     which: WhichOpt = "best",
+    manifest: Annotated[
+        Path | None,
+        typer.Option("--manifest", help="CSV/TSV pairing photographs and barcodes by id.", show_default=False),
+    ] = None,
+    keys: Annotated[
+        Path | None,
+        typer.Option(
+            "--keys",
+            help="Search this reference library (bioclip library build) or embedding file instead of the run's keys.",
+            show_default=False,
+        ),
+    ] = None,
+    index: Annotated[
+        Literal["auto", "flat", "ivf"],
+        typer.Option("--index", help="With --keys: exact (flat), approximate (ivf), or auto (by library size)."),
+    ] = "auto",
+    log: Annotated[
+        Path | None,
+        typer.Option("--log", help="Write a provenance record (versions, model and library, time, arguments).",
+                     show_default=False),  # fmt: skip
+    ] = None,
 ) -> None:
     """Embed photographs and/or barcodes with a run's model and list the k nearest reference specimens of its keys.
 
@@ -68,8 +94,15 @@ def command(
         raise BioclipError("--run is required: the run whose model and key embeddings identify the specimens",
                            "bioclip predict specimen.jpg --run runs/demo")  # fmt: skip
     result = predict(
-        run, images or [], dna or [], dna_fasta, k=k, key=key, device=device, batch_size=batch_size, which=which
-    )
+        run, images or [], dna or [], dna_fasta, manifest=manifest, keys=keys, index=index, k=k, key=key,
+        device=device, batch_size=batch_size, which=which,
+    )  # fmt: skip
+    if log is not None:
+        import sys
+
+        from bioclip_cli.workflows.predict import write_provenance
+
+        output.info(f"provenance: {write_provenance(log, result, sys.argv)}")
     for note in result.notes:
         output.warning(note)
     output.emit(

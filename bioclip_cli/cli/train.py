@@ -14,6 +14,7 @@ EXAMPLES = examples(
     "bioclip train --preset id-1m --set train.batch_size=128 --out runs/id-1m-b128",
     "accelerate launch --num_processes 4 -m bioclip_cli train --preset idt-5m-clibd",
     "bioclip train --preset idt-5m --out runs/idt-5m --resume",
+    "bioclip train --preset idt-insect --init ckpt/bioscan_clip/trained_with_bioscan_1m/image_dna_text.pth",
     "bioclip train --preset tiny --max-steps 10 --format json > summary.json",
 )
 NO_ARGS_IS_HELP = True
@@ -93,6 +94,15 @@ def command(
         Literal["wandb", "tensorboard"] | None,
         typer.Option("--report-to", help="Experiment tracker (off by default).", show_default=False),
     ] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            "--init",
+            help="Start from this checkpoint (model.checkpoint: ours or a published .pth); none: from the "
+            "pretrained encoders. Default: the preset's (idt-insect: the released 1M I+D+T weights).",
+            show_default=False,
+        ),
+    ] = None,
     format: FormatOpt = "table",
     output_file: OutputOpt = None,
 ) -> None:
@@ -109,6 +119,8 @@ def command(
 
     sets = [*(set_ or []), *_flag_sets(epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                                        num_workers=num_workers, seed=seed, precision=precision, report_to=report_to)]  # fmt: skip
+    if init is not None:
+        sets.append("model.checkpoint=null" if init.lower() == "none" else f"model.checkpoint={init}")
     if resume:
         if out is None and preset is None:
             raise BioclipError("--resume needs the run: give --out runs/NAME (or the --preset it was trained with)")

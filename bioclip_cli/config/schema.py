@@ -107,7 +107,7 @@ class DataConfig:
     """Where the data is and how each modality is prepared."""
 
     hdf5: str = "data/BIOSCAN_5M/BIOSCAN_5M.hdf5"
-    dataset: Literal["5m", "1m", "custom"] = "5m"
+    dataset: Literal["5m", "1m", "insect", "custom"] = "5m"
     train_group: str = "no_split_and_seen_train"
     key_group: str = "all_keys"
     val_groups: list[str] = field(default_factory=lambda: ["val_seen", "val_unseen"])  # [seen, unseen]

@@ -18,8 +18,12 @@ import yaml
 from bioclip_cli.errors import BioclipError, DataError
 
 REGISTRY_FILE = Path(__file__).with_name("artifacts.yaml")
-TARGETS = ("5m", "1m", "checkpoints", "embeddings", "encoders")
-DATASET_WHATS = {"5m": ("hdf5", "raw", "metadata"), "1m": ("hdf5", "raw", "metadata", "partition")}
+TARGETS = ("5m", "1m", "insect", "checkpoints", "embeddings", "encoders")
+DATASET_WHATS = {
+    "5m": ("hdf5", "raw", "metadata"),
+    "1m": ("hdf5", "raw", "metadata", "partition"),
+    "insect": ("hdf5", "raw", "metadata"),  # hdf5: the processed release (INSECT_images.hdf5 + INSECT_metadata.csv)
+}
 KINDS = ("file", "zip-to-unpack", "hf-file", "hf-model")
 LAYOUTS = ("bioscan5m", "bioscan1m")
 HUB_ENDPOINT = "https://huggingface.co"
@@ -27,7 +31,7 @@ HUB_ENDPOINT = "https://huggingface.co"
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 _KEYS = {
     "name", "target", "what", "kind", "urls", "size", "approx_size", "checksum", "dest", "unpack",
-    "check_files", "presets", "repo_id", "repo_path", "revision", "allow_patterns", "note",
+    "check_files", "presets", "repo_id", "repo_type", "repo_path", "revision", "allow_patterns", "note",
 }  # fmt: skip
 
 
@@ -71,6 +75,7 @@ class Artifact:
     check_files: dict[str, Checksum] = field(default_factory=dict)
     repo_id: str | None = None
     repo_path: str | None = None
+    repo_type: str = "model"  # hub entries: model or dataset repository
     revision: str = "main"
     allow_patterns: tuple[str, ...] = ()
     note: str = ""
@@ -142,10 +147,14 @@ def _artifact(entry: dict, where: str) -> Artifact:
     if kind.startswith("hf-") and not repo_id:
         raise BioclipError(f"{where}: {kind} needs repo_id")
     urls = _tuple(entry.get("urls"))
+    repo_type = str(entry.get("repo_type", "model"))
+    if repo_type not in ("model", "dataset"):
+        raise BioclipError(f"{where}: repo_type {repo_type!r} is not model or dataset")
     if kind == "hf-file":
         if not repo_path:
             raise BioclipError(f"{where}: hf-file needs repo_path")
-        urls = urls or (f"{HUB_ENDPOINT}/{repo_id}/resolve/{entry.get('revision', 'main')}/{repo_path}",)
+        repo = repo_id if repo_type == "model" else f"datasets/{repo_id}"
+        urls = urls or (f"{HUB_ENDPOINT}/{repo}/resolve/{entry.get('revision', 'main')}/{repo_path}",)
     if kind == "hf-model":
         urls = urls or (f"{HUB_ENDPOINT}/{repo_id}",)
     dest = str(entry.get("dest") or "")
@@ -172,6 +181,7 @@ def _artifact(entry: dict, where: str) -> Artifact:
         },
         repo_id=repo_id,
         repo_path=repo_path,
+        repo_type=repo_type,
         revision=str(entry.get("revision", "main")),
         allow_patterns=_tuple(entry.get("allow_patterns")),
         note=str(entry.get("note") or ""),

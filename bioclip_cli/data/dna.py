@@ -31,6 +31,14 @@ _TABLE = bytes({ord("A"): 0, ord("C"): 1, ord("G"): 2, ord("T"): 3}.get(c, _BAD)
 _CHUNK = 4096  # sequences per numpy pass: keeps the working set in cache
 
 
+GAP_CHARACTERS = "-."  # alignment gaps in aligned FASTA/CSV barcodes: removed, never read as k-mer letters
+
+
+def strip_gaps(seq: str) -> str:
+    """A barcode without its alignment gap characters (``-`` and ``.``)."""
+    return seq.replace("-", "").replace(".", "")
+
+
 def vocab_size(k: int = 5) -> int:
     """Number of ids for k-mers of length k: 4**k + the 3 special tokens."""
     return 4**k + N_SPECIAL

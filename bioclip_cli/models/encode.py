@@ -118,3 +118,92 @@ def build_embedding_model(cfg: RunConfig, checkpoint: Path | None):
     model_cfg = dataclasses.replace(cfg.model, checkpoint=str(checkpoint) if checkpoint else cfg.model.checkpoint)
     set_seed(cfg.train.seed)  # random (weights: null) backbones are reproducible too
     return build_model(model_cfg)
+
+
+# ------------------------------------------------------------------------------- user-given specimens
+
+
+def prepare_image(path: Path, transform) -> tuple[torch.Tensor | None, str | None]:
+    """A photograph through the evaluation transform, or the reason it cannot be read (never raises)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None, f"photograph {path} does not exist"
+    except IsADirectoryError:
+        return None, f"{path} is a folder, not a photograph"
+    except OSError as exc:
+        return None, f"cannot read {path} ({exc.strerror or exc})"
+    if not data:
+        return None, f"{path} is empty"
+    try:
+        return transform(data), None
+    except Image.DecompressionBombError:
+        return None, f"{path} is too large an image for Pillow to decode safely"
+    except UnidentifiedImageError:
+        return None, f"{path} is not an image file (Pillow recognises no image format in it)"
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt image data, bad headers
+        return None, f"{path} is a damaged image ({exc})"
+
+
+def encode_specimens(
+    model,
+    specimens,
+    *,
+    image_cfg,
+    dna_cfg,
+    device: torch.device,
+    batch_size: int = 32,
+    merge_lora: bool = True,
+    bar: Bar | None = None,
+) -> tuple[dict[str, dict[int, np.ndarray]], dict[int, str]]:
+    """Embed user-given specimens (:class:`~bioclip_cli.data.specimen_inputs.Specimen`) as the evaluation
+    embeds its queries: photographs through the eval transform (`image_cfg`), barcodes cleaned and k-mer
+    tokenised (`dna_cfg`). Returns ``{"image": {i: unit vector}, "dna": {...}}`` and ``{i: why it failed}``
+    (a specimen that cannot be prepared fails alone; the others are embedded)."""
+    from bioclip_cli.data.dna import kmer_tokenize
+    from bioclip_cli.data.fasta import barcode_problem, clean_barcode
+    from bioclip_cli.data.images import EvalTransform
+
+    transform = EvalTransform(image_cfg)
+    pixels: dict[int, torch.Tensor] = {}
+    barcodes: dict[int, str] = {}
+    failed: dict[int, str] = {}
+    for i, s in enumerate(specimens):
+        problems = []
+        if s.image is not None and "image" in model.modalities:
+            tensor, problem = prepare_image(s.image, transform)
+            if problem:
+                problems.append(problem)
+            else:
+                pixels[i] = tensor
+        if s.barcode is not None and "dna" in model.modalities:
+            seq = clean_barcode(s.barcode)
+            problem = barcode_problem(seq, dna_cfg.k, dna_cfg.max_len)
+            if problem:
+                problems.append(f"barcode: {problem}")
+            else:
+                barcodes[i] = seq
+        if problems:
+            failed[i] = "; ".join(problems)
+    pixels = {i: x for i, x in pixels.items() if i not in failed}
+    barcodes = {i: b for i, b in barcodes.items() if i not in failed}
+    feats: dict[str, dict[int, np.ndarray]] = {"image": {}, "dna": {}}
+
+    def image_batch(rows):
+        return model.encode_image(torch.stack([pixels[i] for i in rows]).to(device))
+
+    def dna_batch(rows):
+        ids, mask = kmer_tokenize([barcodes[i] for i in rows], dna_cfg.k, dna_cfg.max_len, dna_cfg.prefix_id)
+        return model.encode_dna(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
+
+    model.eval()
+    with lora_merged_if(model, merge_lora), torch.inference_mode():
+        for modality, rows, encode in (("image", list(pixels), image_batch), ("dna", list(barcodes), dna_batch)):
+            for s in range(0, len(rows), batch_size):
+                block = rows[s : s + batch_size]
+                feats[modality].update(zip(block, encode(block).float().cpu().numpy()))
+                if bar is not None:
+                    bar.advance(len(block))
+    return feats, failed

@@ -1,4 +1,5 @@
-"""`build-hdf5`: a raw BIOSCAN release -> the published HDF5 group layout (docs/method.md, Data).
+"""`build-hdf5`: a raw BIOSCAN release (or the INSECT dataset) -> the published HDF5 group layout
+(docs/method.md, Data).
 
 One quick pass over the metadata finds the widest value of each string column (the strings are stored
 fixed-width, as in the published files); then the metadata is streamed in blocks of rows (never all rows
@@ -12,16 +13,17 @@ rows go straight into zero-padded chunks; the other columns are buffered per gro
 resizable datasets. The original JPEG bytes are stored unchanged unless `reencode_quality` is given. Output
 goes to ``OUT.partial`` and is renamed to ``OUT`` only when complete; every bad input is counted and listed
 in ``OUT.report.json`` (nothing is dropped silently).
+
+The INSECT dataset (:func:`build_insect`) is small enough for one process: the engine in
+:mod:`bioclip_cli.data.insect_build` reads either of its releases and writes its groups through the same
+writer, with the same report, plus ``OUT.metadata.csv`` (the rows stored, for the BZSL export).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,7 @@ from bioclip_cli.data.build_raw import (
     groups_for_splits,
     with_images,
 )
+from bioclip_cli.data.build_report import BuildReport
 from bioclip_cli.data.hdf5_writer import BioscanH5Writer
 from bioclip_cli.data.raw_images import ImageReader
 from bioclip_cli.data.raw_problems import ProblemLog
@@ -49,55 +52,6 @@ PART_ROWS = 256  # image files per read/check task and per item from the worker 
 PART_BYTES = 8 << 20  # ...or about as many bytes of files (fewer rows when the files are large)
 FLUSH_ROWS = 4096  # rows of strings buffered per group before an HDF5 append (images are written at once)
 _ABSENT = [",".join(level for k, level in enumerate(LEVELS) if bits >> k & 1) for bits in range(16)]
-
-
-@dataclass
-class BuildReport:
-    """What a build did: rows per group, bad inputs by kind (with ids), timing. Saved as ``OUT.report.json``."""
-
-    out: str
-    dataset: str
-    root: str
-    metadata_rows: int = 0
-    rows_written: int = 0  # distinct records stored (a record may be in several groups)
-    rows_not_selected: int = 0  # valid rows of splits/groups left out by --splits
-    groups: dict[str, int] = field(default_factory=dict)
-    groups_skipped: list[str] = field(default_factory=list)
-    problems: dict[str, dict] = field(default_factory=dict)
-    missing_ranks: dict[str, int] = field(default_factory=dict)  # rows stored with a rank -> not_classified
-    image_bytes: int = 0
-    seconds: float = 0.0
-    rows_per_second: float = 0.0
-    options: dict = field(default_factory=dict)
-
-    @property
-    def report_path(self) -> Path:
-        return Path(self.out + ".report.json")
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def to_json(self) -> str:
-        """Indented JSON, with each problem's id list and details on one line (fast for 10,000s of ids)."""
-        lists: list[str] = []
-        problems = {}
-        for kind, entry in self.problems.items():
-            problems[kind] = dict(entry)
-            for key in ("ids", "details"):
-                if key in entry:
-                    problems[kind][key] = f"\0{len(lists)}"  # a placeholder no path or option can hold
-                    lists.append(json.dumps(entry[key], ensure_ascii=False))
-        text = json.dumps(dict(self.to_dict(), problems=problems), indent=2, ensure_ascii=False)
-        return re.sub(r'"\\u0000(\d+)"', lambda m: lists[int(m.group(1))], text) + "\n"
-
-    def group_rows(self) -> list[dict]:
-        return [{"group": g, "rows": n} for g, n in self.groups.items()]
-
-    def problem_rows(self) -> list[dict]:
-        return [
-            {"problem": k, "rows": e["count"], "action": e["action"], "first ids": ", ".join(e["ids"][:3])}
-            for k, e in self.problems.items()
-        ]
 
 
 def build_5m(root: str | Path, out: str | Path, splits: list[str] | None = None, **options) -> BuildReport:
@@ -134,10 +88,18 @@ def build_hdf5(
     check_images: str = "markers",
     workers: int | None = None,
 ) -> BuildReport:
-    """Build the HDF5 of `release` (``5m`` or ``1m``) from its raw files under `root` into `out`."""
+    """Build the HDF5 of `release` (``5m``, ``1m`` or ``insect``) from its files under `root` into `out`."""
+    if release == "insect":
+        unsupported = {"--splits": splits, "--partition": partition, "--reencode-quality": reencode_quality}
+        unsupported["--image-package"] = None if image_package == "cropped_256" else image_package
+        given = [flag for flag, value in unsupported.items() if value is not None]
+        if given:
+            raise BioclipError(f"{', '.join(given)} do(es) not apply to `build-hdf5 insect`")
+        return build_insect(root, out, text_tokenizer=text_tokenizer, text_max_len=text_max_len,
+                            overwrite=overwrite, on_bad_image=on_bad_image, check_images=check_images)  # fmt: skip
     if release not in ("5m", "1m"):
         raise BioclipError(
-            f"unknown release {release!r}; choose 5m or 1m", "bioclip build-hdf5 5m --root data/ --out F"
+            f"unknown release {release!r}; choose 5m, 1m or insect", "bioclip build-hdf5 5m --root data/ --out F"
         )
     out = Path(out)
     _check_out(out, overwrite)
@@ -192,6 +154,74 @@ def build_hdf5(
     )
 
 
+def insect_metadata_path(out: str | Path) -> Path:
+    """The `INSECT_metadata.csv` of the rows stored in an INSECT build `out`: ``OUT.metadata.csv``."""
+    return Path(str(out) + ".metadata.csv")
+
+
+def build_insect(
+    root: str | Path,
+    out: str | Path,
+    *,
+    text_tokenizer: str | None = None,
+    text_max_len: int = 20,
+    overwrite: bool = False,
+    on_bad_image: str = "skip",
+    check_images: str = "markers",
+) -> BuildReport:
+    """Build the INSECT HDF5 (groups of :data:`~bioclip_cli.data.insect_build.GROUPS_INSECT`) from the raw or
+    the processed release under `root`; beside it ``OUT.metadata.csv`` (the rows stored, res101 order, in the
+    processed release's format) and ``OUT.report.json``."""
+    from bioclip_cli.data.insect_build import find_insect_source, table_rows, write_insect_groups
+    from bioclip_cli.data.insect_table import write_insect_metadata
+
+    out = Path(out)
+    _check_out(out, overwrite)
+    _check_options(out, on_bad_image, check_images, None)
+    tokenizer = load_text_tokenizer(text_tokenizer) if text_tokenizer else None  # fail before any work
+    source = find_insect_source(root)
+    report = BuildReport(out=str(out), dataset="insect", root=str(Path(root)))
+    report.options = {"source": source.kind, "source_folder": str(source.folder), "text_tokenizer": text_tokenizer,
+                      "on_bad_image": on_bad_image, "check_images": check_images}  # fmt: skip
+    report.metadata_rows = len(source.table)
+    attrs = {"created_by": f"bioscan-clip {__version__}", "dataset": "insect", "source_root": report.root,
+             "source": source.describe(), "image_bytes": "original JPEG files", "text_tokenizer": text_tokenizer or ""}  # fmt: skip
+    log = ProblemLog()
+    partial = out.with_name(out.name + ".partial")
+    partial.unlink(missing_ok=True)
+    start = time.perf_counter()
+    try:
+        with progress_bar(len(source.table), "build-hdf5 insect", unit="rows") as bar:
+            with BioscanH5Writer(partial, attrs=attrs) as writer:
+                stored = write_insect_groups(source, writer, log, tokenizer=tokenizer, text_max_len=text_max_len,
+                                             decode=check_images == "decode", on_bad_image=on_bad_image,
+                                             progress=bar.advance)  # fmt: skip
+        write_insect_metadata(table_rows(source.table, stored.kept), insect_metadata_path(out))
+        os.replace(partial, out)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    report.groups = stored.groups
+    report.rows_written = len(stored.kept)
+    report.rows_not_selected = stored.not_selected
+    report.image_bytes = stored.image_bytes
+    report.missing_ranks = stored.missing_ranks
+    report.problems = log.to_dict()
+    report.seconds = round(time.perf_counter() - start, 3)
+    report.rows_per_second = round(report.rows_written / report.seconds, 1) if report.seconds else 0.0
+    report.report_path.write_text(report.to_json())
+    return report
+
+
+def _check_options(out: Path, on_bad_image: str, check_images: str, reencode_quality: int | None) -> None:
+    if on_bad_image not in ("skip", "fail"):
+        raise DataError(out, f"--on-bad-image must be skip or fail, got {on_bad_image!r}")
+    if check_images not in ("markers", "decode"):
+        raise DataError(out, f"--check-images must be markers or decode, got {check_images!r}")
+    if reencode_quality is not None and not 1 <= reencode_quality <= 100:
+        raise DataError(out, f"--reencode-quality must be in 1..100, got {reencode_quality}")
+
+
 def _group_order(name: str) -> int:
     return GROUPS_1M.index(name) if name in GROUPS_1M else len(GROUPS_1M)
 
@@ -244,12 +274,7 @@ def _build(
     workers: int | None,
     options: dict,
 ) -> BuildReport:
-    if on_bad_image not in ("skip", "fail"):
-        raise DataError(out, f"--on-bad-image must be skip or fail, got {on_bad_image!r}")
-    if check_images not in ("markers", "decode"):
-        raise DataError(out, f"--check-images must be markers or decode, got {check_images!r}")
-    if reencode_quality is not None and not 1 <= reencode_quality <= 100:
-        raise DataError(out, f"--reencode-quality must be in 1..100, got {reencode_quality}")
+    _check_options(out, on_bad_image, check_images, reencode_quality)
     tokenizer = load_text_tokenizer(text_tokenizer) if text_tokenizer else None  # fail before any work
     workers = max(1, workers or min(8, os.cpu_count() or 1))
     parse_in_worker = workers > 1 and (os.cpu_count() or 1) > 1

@@ -122,11 +122,11 @@ def _check_mirror(mirror: str | None) -> None:
 
 
 def _preset_references(preset: str) -> tuple[set[str], set[str]]:
-    """Paths (data.hdf5, DNA weights) and hub ids (encoders) that a preset's configuration names."""
+    """Paths (data.hdf5, DNA weights, the starting checkpoint) and hub ids (encoders) that a preset's configuration names."""
     from bioclip_cli.config import load_config
 
     cfg = load_config(preset)
-    paths = {p for p in (cfg.data.hdf5, cfg.model.dna.weights) if p}
+    paths = {p for p in (cfg.data.hdf5, cfg.model.dna.weights, cfg.model.checkpoint) if p}
     hub_ids = {cfg.model.image.weights} if "image" in cfg.model.modalities else set()
     if "text" in cfg.model.modalities:
         hub_ids |= {cfg.model.text.weights, cfg.model.text.tokenizer}
@@ -503,6 +503,8 @@ def next_command(target: str, what: str | None, root: str | Path, results: list[
     root = Path(root)
     if target == "5m" and what == "raw":
         return f"bioclip build-hdf5 5m --root {root} --out {root / 'data/BIOSCAN_5M/BIOSCAN_5M.hdf5'}"
+    if target == "insect" and what != "metadata":
+        return f"bioclip build-hdf5 insect --root {root} --out {root / 'data/INSECT/INSECT.hdf5'}"
     if target == "embeddings":
         feats = [r.planned.dest for r in results if r.planned.dest and r.planned.dest.suffix == ".hdf5"]
         if feats:

@@ -16,6 +16,9 @@ in file order (:func:`bioclip_cli.data.sampler.shard_rows`). The main process st
 the configuration and the dtype). A rerun with the same fingerprint skips the groups that are already
 complete (all of them once the file is finished); a different source starts the file over.
 
+For an INSECT build, :func:`embed_insect` writes instead every row's image embedding and each species' mean DNA
+embedding (and the CSV files BZSL reads), for `bioclip zsl`.
+
 The encoding engine lives in :mod:`bioclip_cli.models.encode` (shared with `predict` and training).
 """
 
@@ -28,6 +31,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from bioclip_cli.atomic_write import write_text
 from bioclip_cli.config import load_config, save_config, to_dict
 from bioclip_cli.config.schema import RunConfig
@@ -35,7 +40,8 @@ from bioclip_cli.data.datasets import EvalDataset
 from bioclip_cli.data.embedding_file import EmbeddingFileWriter, embedding_file_paths
 from bioclip_cli.data.hdf5 import BioscanH5
 from bioclip_cli.errors import BioclipError, ConfigError, DataError
-from bioclip_cli.models.encode import build_embedding_model, encode_rows, lora_merged_if
+from bioclip_cli.models.device import resolve_device
+from bioclip_cli.models.encode import build_embedding_model, encode_rows, encode_specimens, lora_merged_if
 from bioclip_cli.progress import Bar, progress_bar
 from bioclip_cli.runs.run_dir import RunDir, default_run_dir, resolve_run, run_checkpoint
 
@@ -271,3 +277,187 @@ def embed(
     accelerator.wait_for_everyone()
     result.seconds = time.perf_counter() - start
     return result
+
+
+# ------------------------------------------------------------------------------- a user's specimens
+
+SPECIMEN_FORMATS = ("hdf5", "npy", "parquet")
+
+
+@dataclass
+class SpecimenEmbedResult:
+    out: Path
+    format: str
+    rows: int
+    features: dict[str, int]  # feature -> rows that have it
+    failed: list[tuple[str, str]]  # (id, why) of specimens that could not be embedded
+    problems: list[tuple[str, str, str]]  # (kind, id, detail) of manifest rows left out
+    model_fingerprint: str
+    seconds: float = 0.0
+
+
+def embed_specimens(
+    plan: EmbedPlan,
+    specimens: list,
+    out: str | Path,
+    *,
+    fmt: str = "hdf5",
+    kind: str = "embeddings",
+    problems: list | None = None,
+    batch_size: int | None = None,
+    device: str | None = None,
+) -> SpecimenEmbedResult:
+    """Embed a user's specimens (:mod:`bioclip_cli.data.specimen_inputs`) with the plan's model and write them
+    with their ids and taxonomy: our specimen HDF5 (`kind="library"` makes it a reference library), or
+    `fmt="npy"` (a numpy .npz archive) / `"parquet"`. A specimen that cannot be embedded is reported, not fatal."""
+    from bioclip_cli.data.specimen_file import (
+        SpecimenVectors,
+        with_average,
+        write_npz,
+        write_parquet,
+        write_specimen_file,
+    )  # fmt: skip
+    from bioclip_cli.data.taxonomy import LEVELS, NOT_CLASSIFIED
+    from bioclip_cli.models.fingerprint import checkpoint_sha256, model_fingerprint
+
+    if fmt not in SPECIMEN_FORMATS:
+        raise BioclipError(f"--format {fmt!r} is not a specimen embeddings format", f"use one of: {', '.join(SPECIMEN_FORMATS)}")
+    if kind == "library" and fmt != "hdf5":
+        raise BioclipError("a reference library is an HDF5 file; --format npy/parquet are for exports")
+    if not specimens:
+        raise BioclipError("no usable specimen to embed", "check the problems listed for your inputs")
+    cfg = plan.cfg
+    start = time.perf_counter()
+    sha = checkpoint_sha256(plan.checkpoint)
+    fingerprint = model_fingerprint(cfg, plan.checkpoint, sha)
+    dev = resolve_device(device)
+    model = build_embedding_model(cfg, plan.checkpoint).to(dev)
+    work = sum((s.image is not None) + (s.barcode is not None) for s in specimens)
+    with progress_bar(work, "Embedding specimens", unit="inputs") as bar:
+        feats, failed = encode_specimens(
+            model, specimens, image_cfg=cfg.data.image, dna_cfg=cfg.data.dna, device=dev,
+            batch_size=batch_size or cfg.eval.batch_size, merge_lora=cfg.eval.merge_lora, bar=bar,
+        )  # fmt: skip
+    keep = [i for i in range(len(specimens)) if i not in failed]
+    if not keep:
+        raise BioclipError(f"none of the {len(specimens)} specimens could be embedded (first: {next(iter(failed.values()))})")
+    position = {i: r for r, i in enumerate(keep)}
+    features = {}
+    for modality, vectors in feats.items():
+        if vectors:
+            width = len(next(iter(vectors.values())))
+            rows = np.zeros(len(keep), dtype=bool)
+            array = np.zeros((len(keep), width), dtype=np.float32)
+            for i, v in vectors.items():
+                rows[position[i]] = True
+                array[position[i]] = v
+            features[modality] = (rows, array)
+    chosen = [specimens[i] for i in keep]
+    taxonomy = {lv: [s.taxonomy.get(lv, NOT_CLASSIFIED) for s in chosen] for lv in LEVELS}
+    vectors = with_average(
+        SpecimenVectors([s.id for s in chosen], taxonomy, features, fingerprint, sha, [plan.description])
+    )
+    writer = {"hdf5": lambda p, v: write_specimen_file(p, v, kind), "npy": write_npz, "parquet": write_parquet}[fmt]
+    path = writer(out, vectors)
+    return SpecimenEmbedResult(
+        path, fmt, len(keep), {name: int(rows.sum()) for name, (rows, _) in vectors.features.items()},
+        [(specimens[i].id, why) for i, why in failed.items()], list(problems or []), fingerprint,
+        time.perf_counter() - start,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------- every group, per-split files
+
+
+@dataclass
+class PerSplitResult:
+    out: Path
+    files: dict[str, int]  # group -> rows
+
+
+def embed_per_split(
+    plan: EmbedPlan, out: str | Path | None = None, *, groups: list[str] | None = None, dtype: str = "float64"
+) -> PerSplitResult:
+    """Every group of the plan's dataset (or `groups`), one `extracted_features_of_{group}.hdf5` each (the
+    original project's per-split layout, :mod:`bioclip_cli.data.per_split_export`), under `out`
+    (default: the run's `embeddings/per_split/`)."""
+    import h5py
+
+    from bioclip_cli.data.per_split_export import per_split_path, write_per_split_file
+
+    cfg = plan.cfg
+    with h5py.File(cfg.data.hdf5, "r") as f:
+        names = list(f.keys())
+        id_name = "processid" if names and "processid" in f[names[0]] else "file_name"
+    unknown = [g for g in groups or [] if g not in names]
+    if unknown:
+        raise DataError(cfg.data.hdf5, f"no group(s) {', '.join(unknown)} in {cfg.data.hdf5}; it has: {', '.join(names)}")
+    target = Path(out) if out else RunDir(plan.out).embeddings / "per_split"
+    dev = resolve_device(None)
+    model = build_embedding_model(cfg, plan.checkpoint).to(dev)
+    files = {}
+    with lora_merged_if(model, cfg.eval.merge_lora):
+        for group in groups or names:
+            ds = EvalDataset(cfg.data.hdf5, group, cfg.data, modalities=cfg.model.modalities,
+                             tokenizer=cfg.model.text.tokenizer)  # fmt: skip
+            with progress_bar(len(ds), f"Embedding {group}", unit="rows") as bar:
+                parts: dict[str, list[np.ndarray]] = {}
+                for _, feats in encode_rows(model, ds, device=dev, batch_size=cfg.eval.batch_size, bar=bar,
+                                            num_workers=cfg.data.num_workers, autocast=cfg.eval.autocast):  # fmt: skip
+                    for m, x in feats.items():
+                        parts.setdefault(m, []).append(x)
+            feats = {m: np.concatenate(xs) for m, xs in parts.items()}
+            write_per_split_file(per_split_path(target, group), feats, ds.labels, [str(s) for s in ds.sample_ids],
+                                 id_name, dtype)  # fmt: skip
+            files[group] = len(ds)
+    return PerSplitResult(target, files)
+
+
+# ------------------------------------------------------------------------------------- INSECT (BZSL)
+
+
+@dataclass
+class InsectEmbedResult:
+    files: list[Path]
+    rows: int
+    classes: int
+    group: str
+    seconds: float = 0.0
+    description: str = ""
+    is_main: bool = True
+
+
+def embed_insect(plan: EmbedPlan, *, bzsl_csv: bool = True, batch_size: int | None = None) -> InsectEmbedResult:
+    """Every row of an INSECT build's key group (res101 order) through the image and DNA encoders; writes each
+    row's image embedding and each class's mean DNA embedding under `plan.out/embeddings/` (with `bzsl_csv`,
+    also the CSV trio BZSL reads, in `embeddings/bzsl/`; :mod:`bioclip_cli.data.insect_embeddings`)."""
+    from bioclip_cli.data.insect_embeddings import read_insect_group, write_insect_embeddings
+    from bioclip_cli.models.encode import encode_group
+    from bioclip_cli.runs.accelerator import make_accelerator
+
+    cfg = plan.cfg
+    missing = [m for m in ("image", "dna") if m not in cfg.model.modalities]
+    if missing:
+        raise ConfigError("model.modalities", f"the BZSL export needs image and DNA embeddings; {cfg.name} has no "
+                          f"{' or '.join(missing)} encoder")  # fmt: skip
+    group = cfg.data.key_group
+    table, rows, n_classes = read_insect_group(cfg.data.hdf5, group)
+    accelerator = make_accelerator()
+    main = accelerator.is_main_process
+    model = build_embedding_model(cfg, plan.checkpoint).to(accelerator.device)
+    dataset = EvalDataset(cfg.data.hdf5, group, cfg.data, modalities=["image", "dna"])
+    start = time.perf_counter()
+    bar_ctx = progress_bar(len(dataset), f"Embedding {group} (INSECT)", unit="rows") if main else nullcontext(Bar())
+    with bar_ctx as bar:
+        feats = encode_group(model, dataset, merge_lora=cfg.eval.merge_lora, device=accelerator.device,
+                             batch_size=batch_size or cfg.eval.batch_size, num_workers=cfg.data.num_workers,
+                             autocast=cfg.eval.autocast, accelerator=accelerator, bar=bar)  # fmt: skip
+    files: list[Path] = []
+    if main:
+        out = RunDir(plan.out)
+        if not out.config.is_file():
+            save_config(cfg, out.config)
+        files = write_insect_embeddings(out.embeddings, feats["image"], feats["dna"], table, rows, n_classes,
+                                        bzsl_csv=bzsl_csv, source=plan.description)  # fmt: skip
+    accelerator.wait_for_everyone()
+    return InsectEmbedResult(files, len(table), n_classes, group, time.perf_counter() - start, plan.description, main)

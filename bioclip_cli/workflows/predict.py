@@ -9,6 +9,11 @@ search (:class:`~bioclip_cli.retrieval.search.FlatIndex`) finds the k nearest ro
 embeddings (`embeddings/extracted_feature_from_val_split.hdf5`, group `key`; taxonomy from
 `labels_val.json`, sample ids from the file).
 
+`keys=LIB` searches a reference library instead (:mod:`bioclip_cli.retrieval.reference_library`: one made by
+`bioclip library build`, or any published-layout embedding file), after checking that this run's model made it.
+Inputs may also be folders and glob patterns of photographs, or a manifest pairing photos and barcodes by id
+(:mod:`bioclip_cli.data.specimen_inputs`); each answer carries the input's id.
+
 Which keys a query searches (`key="auto"`): image queries the image keys, DNA queries the DNA keys, and a
 photograph with its barcode, embedded as (image + DNA) / 2, the `averaged_feature` keys. Any query can
 search another key feature instead (e.g. `key="dna"`: photographs against the reference barcodes).
@@ -36,6 +41,8 @@ from bioclip_cli.data.embedding_file import FEATURE_DATASETS, embedding_file_pat
 from bioclip_cli.data.fasta import barcode_problem, clean_barcode, read_fasta
 from bioclip_cli.data.taxonomy import NOT_CLASSIFIED
 from bioclip_cli.errors import BioclipError, DataError
+from bioclip_cli.models.device import resolve_device
+from bioclip_cli.models.encode import prepare_image
 from bioclip_cli.runs.run_dir import resolve_run, run_checkpoint
 
 KEY_FEATURES: tuple[str, ...] = ("auto", "image", "dna", "text", "avg", "all")
@@ -54,6 +61,7 @@ class QueryInput:
     image: Path | None = None
     dna: str | None = None
     dna_name: str | None = None  # the FASTA id or `--dna #i` the barcode came from
+    id: str | None = None  # the specimen's id: the manifest's, the FASTA record's, or the photo's path
 
     @property
     def feature(self) -> str:
@@ -69,6 +77,7 @@ class Prediction:
 
     input: str
     query: str  # image, dna or avg
+    id: str | None = None
     key: str | None = None  # the key feature searched
     neighbors: list[dict] = field(default_factory=list)  # rank, sample_id, similarity, order..species
     consensus: dict[str, dict] = field(default_factory=dict)  # level -> {label, votes, similarity}
@@ -82,6 +91,7 @@ class Prediction:
     def to_dict(self) -> dict:
         return {
             "input": self.input,
+            "id": self.id,
             "query": self.query,
             "key": self.key,
             "status": "ok" if self.ok else "failed",
@@ -101,6 +111,9 @@ class PredictResult:
     k: int
     predictions: list[Prediction]
     notes: list[str] = field(default_factory=list)
+    model_fingerprint: str = ""  # filled when a library is searched (and for --log)
+    checkpoint_sha256: str = ""
+    library_fingerprint: str | None = None  # the references' model, when a library is searched
 
     @property
     def failed(self) -> list[Prediction]:
@@ -110,7 +123,7 @@ class PredictResult:
         """Flat rows for CSV: the neighbours of each input, then a `consensus` row with the votes per level."""
         rows = []
         for p in self.predictions:
-            base = {"input": p.input, "query": p.query, "key": p.key}
+            base = {"input": p.input, "id": p.id, "query": p.query, "key": p.key}
             if not p.ok:
                 rows.append({**base, "rank": None, "status": "failed", "error": p.error})
                 continue
@@ -137,7 +150,7 @@ class PredictResult:
         }
 
 
-ROW_COLUMNS = ("input", "query", "key", "rank", "sample_id", "similarity", *LEVELS,
+ROW_COLUMNS = ("input", "id", "query", "key", "rank", "sample_id", "similarity", *LEVELS,
                *(f"{lv}_votes" for lv in LEVELS), "status", "error")  # fmt: skip
 
 
@@ -145,14 +158,29 @@ ROW_COLUMNS = ("input", "query", "key", "rank", "sample_id", "similarity", *LEVE
 
 
 def collect_inputs(
-    images: Sequence[str | Path] = (), dna: Sequence[str] = (), dna_fasta: str | Path | None = None
+    images: Sequence[str | Path] = (),
+    dna: Sequence[str] = (),
+    dna_fasta: str | Path | None = None,
+    manifest: str | Path | None = None,
 ) -> list[QueryInput]:
-    """The specimens to identify. Barcodes come from `dna` then the FASTA file; with photographs as well,
-    the i-th barcode is paired with the i-th photograph (the counts must match)."""
+    """The specimens to identify. Photographs may be files, folders or globs; barcodes come from `dna` then the
+    FASTA file; with photographs as well, the i-th barcode is paired with the i-th photograph (the counts must
+    match). A `manifest` pairs them by id instead (and cannot be combined with the others)."""
+    from bioclip_cli.data.specimen_inputs import expand_image_paths, specimens_from_manifest
+
+    if manifest is not None:
+        if images or dna or dna_fasta is not None:
+            raise BioclipError("--manifest pairs photographs and barcodes by id; do not combine it with other inputs")
+        specimens, problems = specimens_from_manifest(manifest)
+        if problems:
+            kind, sid, detail = problems[0]
+            raise DataError(manifest, f"{len(problems)} row(s) of {manifest} cannot be used (first: {sid}: {detail})",
+                            "fix the rows named, or leave them out")  # fmt: skip
+        return [QueryInput(s.id, s.image, s.barcode, s.id if s.barcode else None, s.id) for s in specimens]
     barcodes = [(f"dna #{i + 1}", seq) for i, seq in enumerate(dna)]
     if dna_fasta is not None:
         barcodes += [(rec.id, rec.sequence) for rec in read_fasta(dna_fasta)]
-    images = [Path(p) for p in images]
+    images = expand_image_paths(images, missing_ok=True) if images else []
     if not images and not barcodes:
         raise BioclipError(
             "nothing to identify: give photographs, --dna SEQUENCE or --dna-fasta FILE",
@@ -165,34 +193,10 @@ def collect_inputs(
                 "barcode (paired in order)",
                 "give as many barcodes as photographs, or predict them in two calls",
             )
-        return [QueryInput(f"{img} + {name}", img, seq, name) for img, (name, seq) in zip(images, barcodes)]
+        return [QueryInput(f"{img} + {name}", img, seq, name, name) for img, (name, seq) in zip(images, barcodes)]
     if images:
-        return [QueryInput(str(img), image=img) for img in images]
-    return [QueryInput(name, dna=seq, dna_name=name) for name, seq in barcodes]
-
-
-def _image_tensor(path: Path, transform):
-    """The eval-transformed photograph, or the reason it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None, f"photograph {path} does not exist"
-    except IsADirectoryError:
-        return None, f"{path} is a folder, not a photograph"
-    except OSError as exc:
-        return None, f"cannot read {path} ({exc.strerror or exc})"
-    if not data:
-        return None, f"{path} is empty"
-    try:
-        return transform(data), None
-    except Image.DecompressionBombError:
-        return None, f"{path} is too large an image for Pillow to decode safely"
-    except UnidentifiedImageError:
-        return None, f"{path} is not an image file (Pillow recognises no image format in it)"
-    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt image data, bad headers
-        return None, f"{path} is a damaged image ({exc})"
+        return [QueryInput(str(img), image=img, id=str(img)) for img in images]
+    return [QueryInput(name, dna=seq, dna_name=name, id=name) for name, seq in barcodes]
 
 
 # ----------------------------------------------------------------------------------------- consensus
@@ -221,30 +225,6 @@ def consensus(neighbors: Sequence[dict], levels: Sequence[str] = LEVELS) -> dict
 # ---------------------------------------------------------------------------------------------- core
 
 
-def resolve_device(device: str | None):
-    """A torch device: the one asked for, or the best available (cuda, mps, cpu)."""
-    import torch
-
-    if device is None or device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise BioclipError(f"unknown device {device!r}", "use cpu, cuda, cuda:N or mps") from None
-    available = {
-        "cpu": True,
-        "cuda": torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count(),
-        "mps": torch.backends.mps.is_available(),
-    }.get(dev.type, False)
-    if not available:
-        raise BioclipError(f"device {device!r} is not available on this machine", "use --device cpu")
-    return dev
-
-
 def _check_embeddings_source(run_root: Path, checkpoint: Path, h5_path: Path, split: str, notes: list[str]) -> None:
     """Warn when the key embeddings may come from other weights than the checkpoint used for the queries."""
     redo = f"re-export them with `bioclip embed --run {run_root} --which {checkpoint.name}`"
@@ -267,14 +247,14 @@ def _prepare(inputs: list[QueryInput], cfg) -> tuple[list[Prediction], dict, dic
     {index: cleaned barcode}. An input that cannot be prepared gets its error here (nothing is raised)."""
     from bioclip_cli.data.images import EvalTransform
 
-    predictions = [Prediction(q.name, q.feature) for q in inputs]
+    predictions = [Prediction(q.name, q.feature, q.id) for q in inputs]
     transform = EvalTransform(cfg.data.image)
     d = cfg.data.dna
     pixels, barcodes = {}, {}
     for i, q in enumerate(inputs):
         problems = []
         if q.image is not None:
-            tensor, problem = _image_tensor(q.image, transform)
+            tensor, problem = prepare_image(q.image, transform)
             if problem:
                 problems.append(problem)
             else:
@@ -369,12 +349,46 @@ def _search(
     return n_keys
 
 
+def _search_reference(predictions: list[Prediction], feats: dict, reference, key: str, k: int, device, index: str) -> list[str]:
+    """Fill the neighbours and consensus of every prepared input from a reference library; returns notes."""
+    from bioclip_cli.retrieval.reference_library import ReferenceIndex
+
+    levels = [lv for lv in LEVELS if lv in reference.taxonomy]
+    by_key: dict[str, list[int]] = {}
+    for i, p in enumerate(predictions):
+        if p.ok:
+            by_key.setdefault(AUTO_KEYS[p.query] if key == "auto" else key, []).append(i)
+    notes: list[str] = []
+    for key_feature, rows in by_key.items():
+        searcher = ReferenceIndex(reference, key_feature, index=index, device=device or "auto")
+        queries = np.stack([_query_vector(feats, i, predictions[i].query) for i in rows])
+        if queries.shape[1] != searcher.dim:
+            raise DataError("<library>", f"the model embeds into {queries.shape[1]} dimensions, the library's "
+                            f"{key_feature} vectors have {searcher.dim}")  # fmt: skip
+        scores, found = searcher.search(queries, k)
+        notes += searcher.notes
+        for i, row_scores, row_ids in zip(rows, scores, found):
+            p = predictions[i]
+            p.key = key_feature
+            p.neighbors = [
+                _neighbor(r + 1, int(j), float(sc), len(reference), reference.taxonomy, reference.ids, levels, False)
+                for r, (sc, j) in enumerate(zip(row_scores, row_ids))
+            ]
+            p.consensus = consensus(p.neighbors, levels)
+            if searcher.n_keys < k:
+                p.notes.append(f"only {searcher.n_keys} reference specimens with {key_feature} embeddings to search")
+    return notes
+
+
 def predict(
     run: str | Path,
     images: Sequence[str | Path] = (),
     dna: Sequence[str] = (),
     dna_fasta: str | Path | None = None,
     *,
+    manifest: str | Path | None = None,
+    keys: str | Path | None = None,
+    index: str = "auto",
     k: int = 5,
     key: str = "auto",
     device: str | None = None,
@@ -386,7 +400,8 @@ def predict(
 
     `key`: the key feature to search (see the module docstring); `device`: torch device for the model and
     the search (default: the best available); `which`: the run's best or last checkpoint; `split`: whose
-    exported embeddings hold the keys (the key group is the same for val and test).
+    exported embeddings hold the keys (the key group is the same for val and test); `keys`: a reference library
+    to search instead (refused when another model made it); `index`: auto, flat or ivf (for `keys`).
     """
     from bioclip_cli.config import load_run_config
 
@@ -396,10 +411,13 @@ def predict(
         raise BioclipError(f"--batch-size must be at least 1, got {batch_size}")
     if key not in KEY_FEATURES:
         raise BioclipError(f"--key {key!r} is not a key feature", f"use one of: {', '.join(KEY_FEATURES)}")
-    inputs = collect_inputs(images, dna, dna_fasta)  # cheap checks first: no model is loaded for a usage error
+    inputs = collect_inputs(images, dna, dna_fasta, manifest)  # cheap checks first: no model for a usage error
     rd = resolve_run(run)
     cfg = load_run_config(rd.config)
     checkpoint = run_checkpoint(rd, which)
+    if keys is not None:
+        return _predict_against_library(rd, cfg, checkpoint, inputs, keys, k=k, key=key, device=device,
+                                        batch_size=batch_size, index=index)  # fmt: skip
     h5_path, labels_path = embedding_file_paths(rd.embeddings, split)
     if not h5_path.is_file() or not labels_path.is_file():
         missing = h5_path if not h5_path.is_file() else labels_path
@@ -408,23 +426,85 @@ def predict(
             f"{rd.root} has no reference embeddings to search ({missing} is missing)",
             f"export them first: bioclip embed --run {rd.root}" + ("" if split == "val" else f" --split {split}"),
         )
-    for modality, needed in (("image", any(q.image for q in inputs)), ("dna", any(q.dna is not None for q in inputs))):
-        if needed and modality not in cfg.model.modalities:
-            raise BioclipError(
-                f"the model of {rd.root} has no {modality} encoder (modalities: {', '.join(cfg.model.modalities)})",
-                "identify with the inputs this model embeds",
-            )
+    _check_modalities(cfg, inputs, rd.root)
     notes: list[str] = []
     _check_embeddings_source(rd.root, checkpoint, h5_path, split, notes)
+    predictions, feats = _prepared_and_embedded(inputs, cfg, checkpoint, device, batch_size)
+    with read_embedding_file(h5_path, labels_path) as ef:
+        n_keys = _search(predictions, feats, ef, key, k, device, rd.root)
+    return PredictResult(rd.root, checkpoint, h5_path, n_keys, k, predictions, notes)
+
+
+def _prepared_and_embedded(inputs, cfg, checkpoint, device, batch_size) -> tuple[list[Prediction], dict]:
+    """Predictions to fill (with each unusable input's error) and the embeddings of the usable inputs."""
     predictions, pixels, barcodes = _prepare(inputs, cfg)
     valid = {i for i, p in enumerate(predictions) if p.ok}
     feats = _embed(
         cfg, checkpoint, device, batch_size,
         {i: x for i, x in pixels.items() if i in valid}, {i: s for i, s in barcodes.items() if i in valid},
     )  # fmt: skip
-    with read_embedding_file(h5_path, labels_path) as ef:
-        n_keys = _search(predictions, feats, ef, key, k, device, rd.root)
-    return PredictResult(rd.root, checkpoint, h5_path, n_keys, k, predictions, notes)
+    return predictions, feats
+
+
+def _check_modalities(cfg, inputs: list[QueryInput], root: Path) -> None:
+    for modality, needed in (("image", any(q.image for q in inputs)), ("dna", any(q.dna is not None for q in inputs))):
+        if needed and modality not in cfg.model.modalities:
+            raise BioclipError(
+                f"the model of {root} has no {modality} encoder (modalities: {', '.join(cfg.model.modalities)})",
+                "identify with the inputs this model embeds",
+            )
+
+
+def _predict_against_library(rd, cfg, checkpoint, inputs, keys, *, k, key, device, batch_size, index) -> PredictResult:
+    from bioclip_cli.models.fingerprint import checkpoint_sha256, model_fingerprint
+    from bioclip_cli.retrieval.reference_library import check_same_model, load_reference
+
+    _check_modalities(cfg, inputs, rd.root)
+    reference = load_reference(keys)
+    sha = checkpoint_sha256(checkpoint)
+    fingerprint = model_fingerprint(cfg, checkpoint, sha)
+    notes = [n for n in [check_same_model(reference, fingerprint, str(keys))] if n]
+    predictions, feats = _prepared_and_embedded(inputs, cfg, checkpoint, device, batch_size)
+    notes += _search_reference(predictions, feats, reference, key, k, device, index)
+    result = PredictResult(rd.root, checkpoint, Path(keys), len(reference), k, predictions, notes)
+    result.model_fingerprint, result.checkpoint_sha256 = fingerprint, sha
+    result.library_fingerprint = reference.model_fingerprint
+    return result
+
+
+def write_provenance(path: str | Path, result: PredictResult, arguments: Sequence[str]) -> Path:
+    """`--log FILE`: what made these predictions (package version, model fingerprint and checkpoint sha256, the
+    references searched, time, arguments), so that an identification can be traced and repeated."""
+    import datetime
+    import platform
+
+    from bioclip_cli import __version__
+    from bioclip_cli.atomic_write import write_text
+    from bioclip_cli.models.fingerprint import checkpoint_sha256, model_fingerprint
+
+    if not result.checkpoint_sha256:
+        from bioclip_cli.config import load_run_config
+
+        result.checkpoint_sha256 = checkpoint_sha256(result.checkpoint)
+        result.model_fingerprint = model_fingerprint(load_run_config(Path(result.run) / "config.yaml"),
+                                                     result.checkpoint, result.checkpoint_sha256)  # fmt: skip
+    record = {
+        "tool": f"bioscan-clip {__version__}",
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "arguments": list(arguments),
+        "run": str(result.run),
+        "checkpoint": str(result.checkpoint),
+        "checkpoint_sha256": result.checkpoint_sha256,
+        "model_fingerprint": result.model_fingerprint,
+        "references": str(result.embeddings),
+        "references_model_fingerprint": result.library_fingerprint,
+        "n_references": result.n_keys,
+        "k": result.k,
+        "inputs": [p.id or p.input for p in result.predictions],
+        "failed": [p.id or p.input for p in result.failed],
+    }
+    return write_text(path, json.dumps(record, indent=2) + "\n")
 
 
 def _query_vector(feats: dict[str, dict[int, np.ndarray]], i: int, query: str) -> np.ndarray:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from bioclip_cli.config import load_config, load_run_config, save_config, to_dict
 from bioclip_cli.config.schema import MODALITIES, RunConfig
-from bioclip_cli.errors import BioclipError, ConfigError, Interrupted
+from bioclip_cli.errors import BioclipError, ConfigError, DataError, Interrupted
 from bioclip_cli.retrieval.eval_result import EvalResult
 from bioclip_cli.runs.accelerator import training_accelerator
 from bioclip_cli.runs.resume import (
@@ -119,11 +119,29 @@ def check_data(cfg: RunConfig) -> int:
     """The HDF5 and every group training reads exist; returns the training group's rows."""
     from bioclip_cli.data.hdf5 import BioscanH5
 
+    if cfg.data.dataset == "insect" and not Path(cfg.data.hdf5).is_file():
+        raise DataError(
+            cfg.data.hdf5,
+            f"dataset file {cfg.data.hdf5} does not exist",
+            f"bioclip download insect --root data/ && bioclip build-hdf5 insect --root data/ --out {cfg.data.hdf5}",
+        )
     with BioscanH5(cfg.data.hdf5) as h5:
         n_train = len(h5.group(cfg.data.train_group))
         for group in (cfg.data.key_group, *cfg.data.val_groups):
             h5.group(group)
     return n_train
+
+
+def check_init(cfg: RunConfig) -> None:
+    """The starting checkpoint (`model.checkpoint`, `--init`) exists when one is named."""
+    path = cfg.model.checkpoint
+    if path and not Path(path).exists():
+        raise ConfigError(
+            "model.checkpoint",
+            f"the starting checkpoint {path} (model.checkpoint) does not exist",
+            f"download it with `bioclip download checkpoints --preset {cfg.name}`, pass --init FILE, "
+            "or --init none to start from the pretrained encoders",
+        )
 
 
 def _check_trainable(cfg: RunConfig) -> None:
@@ -541,6 +559,7 @@ def train(
     run = RunDir(Path(run_dir) if run_dir is not None else default_run_dir(cfg.name))
     check_run_dir(run, resume)
     n_train = check_data(cfg)
+    check_init(cfg)
 
     accelerator = training_accelerator(cfg.train, run.root)
     main, world = accelerator.is_main_process, accelerator.num_processes
