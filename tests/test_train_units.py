@@ -114,6 +114,31 @@ def test_v1_is_adam_at_a_constant_lr():
     assert current_lr(opt) == 1e-3
 
 
+def test_cosine_goes_from_lr_to_min_lr_over_all_steps_stepped_per_batch():
+    cos = TrainConfig(optimizer="adamw", lr=1e-3, scheduler="cosine", min_lr=1e-5)
+    opt = build_optimizer([torch.nn.Parameter(torch.zeros(2))], cos, 1e-3)
+    sched = build_scheduler(opt, cos, 1e-3, total_steps=100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(current_lr(opt))
+        opt.step()
+        sched.step()
+    lrs.append(current_lr(opt))  # after the last step
+    assert lrs[0] == 1e-3
+    assert lrs[50] == pytest.approx((1e-3 + 1e-5) / 2, rel=1e-12)
+    assert lrs[25] == pytest.approx(1e-5 + (1e-3 - 1e-5) * (1 + np.cos(np.pi / 4)) / 2, rel=1e-12)
+    assert lrs[100] == pytest.approx(1e-5, rel=1e-12)
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_cosine_min_lr_above_lr_is_a_config_error():
+    from bioclip_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="min_lr"):
+        TrainConfig(lr=1e-6, scheduler="cosine", min_lr=1e-5).validate()
+    TrainConfig(lr=1e-6, min_lr=1e-5).validate()  # other schedules ignore min_lr
+
+
 def test_frozen_model_has_nothing_to_train():
     with pytest.raises(ValueError, match="no trainable parameters"):
         build_optimizer([torch.nn.Parameter(torch.zeros(2), requires_grad=False)], TrainConfig(), 1e-3)

@@ -24,6 +24,8 @@ EXAMPLES = examples(
     "bioclip eval --run runs/demo --k 1,5 --levels genus,species --csv results.csv",
     "bioclip eval --run runs/idt-5m --per-class per_class.csv",
     "bioclip eval --run runs/demo --format json | jq '.results'",
+    "bioclip eval --run runs/idt-1m --hybrid one --format json   # seen image keys, else unseen DNA keys",
+    "bioclip eval --run runs/idt-1m --hybrid two --tau 0.5       # after bioclip finetune-classifier",
 )
 
 
@@ -102,6 +104,19 @@ def command(
     ] = "auto",
     format: FormatOpt = "table",
     output_file: OutputOpt = None,
+    hybrid: Annotated[
+        Literal["one", "two"] | None,
+        typer.Option(
+            "--hybrid",
+            help="The hybrid seen/unseen rule: one (seen image keys, cosine) or two (the run's classifier, "
+            "softmax), else image->DNA against the unseen species' keys; tau chosen on val, applied to test.",
+            show_default=False,
+        ),
+    ] = None,
+    tau: Annotated[
+        float | None,
+        typer.Option("--tau", help="With --hybrid: a fixed tau instead of the validation grid's.", show_default=False),
+    ] = None,
 ) -> None:
     """Micro and macro top-k accuracy per level, seen and unseen, and their harmonic mean.
 
@@ -109,10 +124,14 @@ def command(
     fractions (the ones --csv writes); --json FILE and --csv FILE write them beside the printed table.
     """
     from bioclip_cli.cli import output
-    from bioclip_cli.workflows.evaluate import evaluate_run, run_results_path
 
     ks = _int_list(k, "--k")
     level_list = [part.strip() for part in levels.split(",") if part.strip()]
+    if hybrid is not None or tau is not None:
+        _hybrid(run, embeddings, hybrid, tau, ks, level_list, device, format, output_file, json_out, csv_out)
+        return
+    from bioclip_cli.workflows.evaluate import evaluate_run, run_results_path
+
     result = evaluate_run(
         run, embeddings, labels, split=split, queries=query, keys=key, ks=ks, levels=level_list,
         index=index, device=device, per_class=per_class is not None,
@@ -148,3 +167,35 @@ def command(
         output.write_csv(per_class, result.per_class)
     if run is not None:
         output.success(f"saved {run_results_path(run, split)}")
+
+
+def _hybrid(run, embeddings, method, tau, ks, levels, device, format, output_file, json_out, csv_out) -> None:
+    """`--hybrid one|two`: the hybrid rules on a run (workflows/hybrid_eval.py), shown like the evaluation."""
+    from bioclip_cli.cli import output
+    from bioclip_cli.errors import BioclipError
+    from bioclip_cli.retrieval.eval_result import json_rows
+    from bioclip_cli.workflows.hybrid_eval import evaluate_hybrid_run, hybrid_results_path
+
+    if method is None:
+        raise BioclipError("--tau needs --hybrid one or --hybrid two", "bioclip eval --run RUN --hybrid one --tau 0.5")
+    if run is None or embeddings is not None:
+        raise BioclipError("--hybrid evaluates a run: give --run runs/NAME (not --embeddings)",
+                           "bioclip eval --run runs/demo --hybrid one")  # fmt: skip
+    result = evaluate_hybrid_run(run, method, tau=tau, ks=ks, levels=levels, device=device)
+    h, n = result["hybrid"], result["n_queries"]
+    shown = [
+        {c.replace(" ", "\n"): f"{v:5.1f}" if isinstance(v, float) else v for c, v in row.items()}
+        for row in json_rows(result, percent=True)
+    ]
+    title = (f"Hybrid method {method} (%) — {run}, {h['applied_to']}: {n['seen']} seen, {n['unseen']} unseen "
+             f"queries; tau {h['tau']:.4f} ({'fixed' if tau is not None else 'from val'})")  # fmt: skip
+    output.emit(json_rows(result), format, output_file, title=title, json_obj=result, table_rows=shown)
+    for note in result.get("notes", []):
+        output.warning(note)
+    output.info(f"tau = {h['tau']:.6f}; validation grid ({h['grid_points']} points): best H of micro top-1 species "
+                f"{h['val_best_harmonic_mean']:.4f} at tau {h['val_best_tau']:.6f}")  # fmt: skip
+    if json_out:
+        output.write_json(json_out, result)
+    if csv_out:
+        output.write_csv(csv_out, json_rows(result))
+    output.success(f"saved {hybrid_results_path(run, method)}")

@@ -16,6 +16,7 @@ EXAMPLES = examples(
     "bioclip predict photo.jpg --dna ACGT... --run runs/idt-5m   # photograph + its barcode, averaged",
     "bioclip predict photos/ --run runs/demo --keys library.h5 --log provenance.json",
     "bioclip predict --manifest specimens.csv --run runs/demo --format csv --output ids.csv",
+    "bioclip predict specimen.jpg --run runs/idt-5m --novelty auto   # say which levels look new",
 )
 
 
@@ -31,6 +32,10 @@ def _table(result) -> None:
         votes = {lv: f"{c['label']} ({c['votes']}/{len(p.neighbors)})" for lv, c in p.consensus.items()}
         rows.append({"rank": "", "similarity": "", "sample id": "consensus (votes)", **votes})
         output.print_table(rows, title=f"{p.input}  ({p.query} query vs {p.key} keys)")
+        if p.novelty:
+            from bioclip_cli.workflows.predict import novelty_summary
+
+            output.console.print(f"{p.input}: {novelty_summary(p)}", markup=False, highlight=False)
         for note in p.notes:
             output.warning(f"{p.input}: {note}")
 
@@ -57,6 +62,14 @@ def command(
     device: DeviceOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Inputs embedded per batch.")] = 32,
     which: WhichOpt = "best",
+    novelty: Annotated[
+        str,
+        typer.Option(
+            "--novelty",
+            help="New-taxon calls per level: auto (thresholds calibrated on the run's validation split, kept in "
+            "RUN/results/novelty.json), off, or one similarity threshold.",
+        ),
+    ] = "off",
     manifest: Annotated[
         Path | None,
         typer.Option("--manifest", help="CSV/TSV pairing photographs and barcodes by id.", show_default=False),
@@ -95,7 +108,7 @@ def command(
                            "bioclip predict specimen.jpg --run runs/demo")  # fmt: skip
     result = predict(
         run, images or [], dna or [], dna_fasta, manifest=manifest, keys=keys, index=index, k=k, key=key,
-        device=device, batch_size=batch_size, which=which,
+        device=device, batch_size=batch_size, which=which, novelty=novelty,
     )  # fmt: skip
     if log is not None:
         import sys

@@ -291,7 +291,8 @@ class TrainConfig:
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
-    scheduler: Literal["constant", "onecycle"] = "constant"
+    scheduler: Literal["constant", "onecycle", "cosine"] = "constant"
+    min_lr: float = 1e-5  # cosine: the lr after the last step (cosine annealing from lr over all steps)
     onecycle_pct_start: float = 0.3
     onecycle_div_factor: float = 25.0  # start lr = max lr / div_factor
     lr_reference_batch: int | None = None  # v2: lr x (global batch / this); None: no scaling
@@ -311,6 +312,11 @@ class TrainConfig:
         _check(self.batch_size >= 2, f"{prefix}.batch_size", f"must be >= 2 (contrastive loss), got {self.batch_size}")
         _check(self.grad_accum >= 1, f"{prefix}.grad_accum", f"must be >= 1, got {self.grad_accum}")
         _check(self.lr > 0, f"{prefix}.lr", f"must be > 0, got {self.lr}")
+        _check(
+            self.scheduler != "cosine" or 0 <= self.min_lr <= self.lr,
+            f"{prefix}.min_lr",
+            f"must be in [0, train.lr={self.lr}] for the cosine schedule, got {self.min_lr}",
+        )
         _check(self.weight_decay >= 0, f"{prefix}.weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check(
             0 < self.onecycle_pct_start < 1,

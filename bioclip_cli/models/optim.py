@@ -4,6 +4,9 @@
 - v2 (CLIBD): AdamW (weight decay on every trainable parameter), one-cycle schedule stepped once per
   optimizer step (start lr = max / div_factor, warm-up share pct_start, cosine annealing, torch's
   OneCycleLR defaults otherwise), with the maximum lr scaled by global batch / lr_reference_batch.
+- cosine (the original's full fine-tuning configs): cosine annealing from lr to `train.min_lr` over all
+  optimizer steps, stepped once per step (torch's CosineAnnealingLR with T_max = the total steps), so
+  step 0 trains at lr, step T/2 at (lr + min_lr) / 2 and the lr after the last step is min_lr.
 
 The global batch is what one optimizer step sees: per-process batch x processes x accumulated batches.
 """
@@ -33,7 +36,12 @@ def build_optimizer(params, train: TrainConfig, lr: float) -> torch.optim.Optimi
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, lr: float, total_steps: int):
-    """The per-step schedule: constant, or one-cycle over `total_steps` optimizer steps peaking at `lr`."""
+    """The per-step schedule: constant, one-cycle over `total_steps` optimizer steps peaking at `lr`, or
+    cosine from `lr` down to `train.min_lr` over `total_steps`."""
+    if train.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, int(total_steps)), eta_min=min(float(train.min_lr), lr)
+        )
     if train.scheduler == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,

@@ -116,19 +116,7 @@ class EvalResult:
 
     def rows(self, *, percent: bool = False) -> list[dict]:
         """The paper-like table: one row per pair x average x k; seen, unseen, then H.M. per level."""
-        scale = 100.0 if percent else 1.0
-        rows = []
-        for (query, key), scores in self.scores.items():
-            splits = [s for s in SPLITS if s in scores]
-            for average in AVERAGES:
-                for k in self.k:
-                    row = {"query": query, "key": key, "metric": average, "k": k}
-                    for split in splits:
-                        label = "H.M." if split == "harmonic_mean" else split
-                        for level in self.levels:
-                            row[f"{label} {level}"] = scores[split][average][k][level] * scale
-                    rows.append(row)
-        return rows
+        return _rows(self.scores, self.k, self.levels, percent)
 
     def _pair_scores(self, query: str, key: str) -> Scores:
         try:
@@ -168,6 +156,29 @@ class EvalResult:
             scores, [int(k) for k in data["k"]], list(data["levels"]), dict(data["n_queries"]), int(data["n_keys"]),
             dict(data["inputs"]), list(data.get("notes", [])), search, per_class,
         )  # fmt: skip
+
+
+def json_rows(data: Mapping[str, Any], *, percent: bool = False) -> list[dict]:
+    """:meth:`EvalResult.rows` of a result in the JSON shape that carries more than an evaluation (e.g. the
+    hybrid rules' result, :mod:`bioclip_cli.retrieval.hybrid`): its `results`, `k` and `levels`."""
+    scores = {_pair(label): nested_scores(cell) for label, cell in data["results"].items()}
+    return _rows(scores, [int(k) for k in data["k"]], list(data["levels"]), percent)
+
+
+def _rows(scores: Mapping[Pair, Scores], ks: list[int], levels: list[str], percent: bool) -> list[dict]:
+    scale = 100.0 if percent else 1.0
+    rows = []
+    for (query, key), by_split in scores.items():
+        splits = [s for s in SPLITS if s in by_split]
+        for average in AVERAGES:
+            for k in ks:
+                row = {"query": query, "key": key, "metric": average, "k": k}
+                for split in splits:
+                    label = "H.M." if split == "harmonic_mean" else split
+                    for level in levels:
+                        row[f"{label} {level}"] = by_split[split][average][k][level] * scale
+                rows.append(row)
+    return rows
 
 
 def nested_scores(cell: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]]) -> Scores:

@@ -106,6 +106,34 @@ def topk_accuracy(
     (or integer code, see :func:`encode_labels`) per query row and per key row.
     """
     ranks, q, _ = _checked_ranks(indices, query_labels, key_labels, ks, levels)
+    return _accuracy_from_ranks(ranks, q, ks, levels)
+
+
+def topk_accuracy_of_labels(
+    predicted: Mapping[str, np.ndarray],
+    query_labels: Labels,
+    ks: Sequence[int] = (1, 3, 5),
+    levels: Sequence[str] = LEVELS,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """:func:`topk_accuracy` for ranked label lists that are not rows of one key pool (e.g. the hybrid rule,
+    which takes each rank's label from one of two lists): `predicted[level]` [Q, >= max(ks)] labels, best first."""
+    n = len(query_labels[levels[0]])
+    if n == 0:
+        raise ValueError("no queries: top-k accuracy is undefined")
+    shapes = {lv: np.shape(predicted[lv]) for lv in levels}
+    for lv, shape in shapes.items():
+        if len(shape) != 2 or shape[0] != n:
+            raise ValueError(f"{lv} predictions of shape {shape} do not match {n} queries")
+        if not ks or min(ks) < 1 or max(ks) > shape[1]:
+            raise ValueError(f"k values {list(ks)} must be in 1..{shape[1]} (the ranks predicted)")
+    flat = {lv: np.asarray(predicted[lv]).reshape(-1) for lv in levels}  # one shared vocabulary with the queries
+    q, p, _ = _coded(query_labels, flat, levels)
+    p = {lv: p[lv].reshape(shapes[lv]) for lv in levels}
+    ranks = {lv: first_hit_rank(p[lv][:, : max(ks)], q[lv]) for lv in levels}
+    return _accuracy_from_ranks(ranks, q, ks, levels)
+
+
+def _accuracy_from_ranks(ranks: dict, q: dict, ks: Sequence[int], levels: Sequence[str]) -> dict:
     out: dict[str, dict[str, dict[str, float]]] = {"micro": {}, "macro": {}}
     for k in ks:
         out["micro"][str(k)] = {lv: float(np.count_nonzero(ranks[lv] < k) / len(ranks[lv])) for lv in levels}

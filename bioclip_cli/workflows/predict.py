@@ -23,6 +23,13 @@ neighbours whose label there is `not_classified` do not vote. The label with mos
 the label whose voters have the larger summed similarity, and a remaining tie to the label of the nearer
 neighbour. With no vote at all the consensus is `not_classified`. Votes are reported with it (e.g. 4/5).
 
+New taxa (`novelty`, off by default): per level, a specimen is called *new* when the similarity of its
+nearest reference is below that level's threshold (:mod:`bioclip_cli.retrieval.novelty`). `novelty="auto"`
+takes the thresholds calibrated on the run's validation queries (seen and unseen species, against the keys
+without the unseen species), computed once per query/key feature pair and kept in `results/novelty.json`
+with their validation precision and recall (recomputed when the embeddings change); a number is one
+threshold for every level.
+
 A photograph that cannot be read or a barcode that cannot be embedded fails that input only; the others
 are still predicted, and :attr:`PredictResult.failed` lists what failed and why.
 """
@@ -83,6 +90,7 @@ class Prediction:
     consensus: dict[str, dict] = field(default_factory=dict)  # level -> {label, votes, similarity}
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    novelty: dict[str, dict] = field(default_factory=dict)  # level -> decision, threshold, similarity (novelty on)
 
     @property
     def ok(self) -> bool:
@@ -99,6 +107,7 @@ class Prediction:
             "notes": self.notes,
             "neighbors": self.neighbors,
             "consensus": self.consensus,
+            **({"novelty": self.novelty} if self.novelty else {}),
         }
 
 
@@ -111,6 +120,7 @@ class PredictResult:
     k: int
     predictions: list[Prediction]
     notes: list[str] = field(default_factory=list)
+    novelty: dict | None = None  # mode, rule, thresholds per pair, where they were stored
     model_fingerprint: str = ""  # filled when a library is searched (and for --log)
     checkpoint_sha256: str = ""
     library_fingerprint: str | None = None  # the references' model, when a library is searched
@@ -133,6 +143,8 @@ class PredictResult:
             for level, c in p.consensus.items():
                 row[level] = c["label"]
                 row[f"{level}_votes"] = c["votes"]
+                if level in p.novelty:
+                    row[f"{level}_novelty"] = p.novelty[level]["decision"]
             rows.append(row)
         return rows
 
@@ -147,11 +159,13 @@ class PredictResult:
             "notes": self.notes,
             "failed": len(self.failed),
             "predictions": [p.to_dict() for p in self.predictions],
+            **({"novelty": self.novelty} if self.novelty else {}),
         }
 
 
 ROW_COLUMNS = ("input", "id", "query", "key", "rank", "sample_id", "similarity", *LEVELS,
-               *(f"{lv}_votes" for lv in LEVELS), "status", "error")  # fmt: skip
+               *(f"{lv}_votes" for lv in LEVELS), "status", "error",
+               *(f"{lv}_novelty" for lv in LEVELS))  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -395,13 +409,15 @@ def predict(
     batch_size: int = 32,
     which: str = "best",
     split: str = "val",
+    novelty: str | float = "off",
 ) -> PredictResult:
     """Identify photographs and/or barcodes against the key embeddings of run directory `run`.
 
     `key`: the key feature to search (see the module docstring); `device`: torch device for the model and
     the search (default: the best available); `which`: the run's best or last checkpoint; `split`: whose
     exported embeddings hold the keys (the key group is the same for val and test); `keys`: a reference library
-    to search instead (refused when another model made it); `index`: auto, flat or ivf (for `keys`).
+    to search instead (refused when another model made it); `index`: auto, flat or ivf (for `keys`);
+    `novelty`: "off", "auto" or one similarity threshold (see the module docstring).
     """
     from bioclip_cli.config import load_run_config
 
@@ -411,14 +427,18 @@ def predict(
         raise BioclipError(f"--batch-size must be at least 1, got {batch_size}")
     if key not in KEY_FEATURES:
         raise BioclipError(f"--key {key!r} is not a key feature", f"use one of: {', '.join(KEY_FEATURES)}")
+    novelty = _novelty_mode(novelty)
     inputs = collect_inputs(images, dna, dna_fasta, manifest)  # cheap checks first: no model for a usage error
     rd = resolve_run(run)
     cfg = load_run_config(rd.config)
     checkpoint = run_checkpoint(rd, which)
-    if keys is not None:
-        return _predict_against_library(rd, cfg, checkpoint, inputs, keys, k=k, key=key, device=device,
-                                        batch_size=batch_size, index=index)  # fmt: skip
     h5_path, labels_path = embedding_file_paths(rd.embeddings, split)
+    if keys is not None:
+        result = _predict_against_library(rd, cfg, checkpoint, inputs, keys, k=k, key=key, device=device,
+                                          batch_size=batch_size, index=index)  # fmt: skip
+        if novelty != "off":
+            result.novelty = _apply_novelty(result.predictions, rd.root, novelty, device, h5_path, labels_path)
+        return result
     if not h5_path.is_file() or not labels_path.is_file():
         missing = h5_path if not h5_path.is_file() else labels_path
         raise DataError(
@@ -432,7 +452,8 @@ def predict(
     predictions, feats = _prepared_and_embedded(inputs, cfg, checkpoint, device, batch_size)
     with read_embedding_file(h5_path, labels_path) as ef:
         n_keys = _search(predictions, feats, ef, key, k, device, rd.root)
-    return PredictResult(rd.root, checkpoint, h5_path, n_keys, k, predictions, notes)
+    novelty_info = _apply_novelty(predictions, rd.root, novelty, device, h5_path, labels_path) if novelty != "off" else None
+    return PredictResult(rd.root, checkpoint, h5_path, n_keys, k, predictions, notes, novelty=novelty_info)
 
 
 def _prepared_and_embedded(inputs, cfg, checkpoint, device, batch_size) -> tuple[list[Prediction], dict]:
@@ -523,3 +544,61 @@ def _neighbor(rank: int, j: int, similarity: float, n_keys: int, labels, ids, le
         sample = f"{sample} ({_STACKED[j // n_keys]})"
     return {"rank": rank, "sample_id": sample, "similarity": round(similarity, 6),
             **{lv: str(labels[lv][row]) for lv in levels}}  # fmt: skip
+
+
+# -------------------------------------------------------------------------------------------- novelty
+
+
+def novelty_path(run_root: Path) -> Path:
+    """Where `novelty="auto"` keeps its calibrated thresholds: `RUN/results/novelty.json`."""
+    return Path(run_root) / "results" / "novelty.json"
+
+
+def _novelty_mode(novelty: str | float) -> str | float:
+    if novelty in ("off", "auto"):
+        return novelty
+    try:
+        value = float(novelty)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or not -1.0 <= value <= 1.0:
+        raise BioclipError(f"--novelty must be auto, off or a similarity in [-1, 1], got {novelty!r}",
+                           "e.g. --novelty auto, or --novelty 0.6")  # fmt: skip
+    return value
+
+
+def _apply_novelty(predictions: list[Prediction], run_root: Path, novelty, device, h5_path, labels_path) -> dict:
+    """Fill `Prediction.novelty` from the rank-1 similarity; returns what the result reports about it. With
+    `auto` the thresholds come from the run's validation embeddings (`h5_path`, `labels_path`), also when
+    another reference library was searched (they describe the model's similarities)."""
+    from bioclip_cli.retrieval.novelty import RULE, annotate, stored_calibration
+
+    if novelty == "auto" and (not Path(h5_path).is_file() or not Path(labels_path).is_file()):
+        raise DataError(h5_path, f"--novelty auto calibrates on {run_root}'s validation embeddings, which are missing",
+                        f"export them: bioclip embed --run {run_root}; or give a fixed threshold (--novelty 0.6)")  # fmt: skip
+
+    info: dict = {"mode": "auto" if novelty == "auto" else "fixed", "rule": RULE, "thresholds": {}}
+    if novelty == "auto":
+        info["file"] = str(novelty_path(run_root))
+    for p in predictions:
+        if not p.ok or not p.neighbors:
+            continue
+        levels = list(p.consensus)
+        pair = f"{p.query}|{p.key}"
+        if pair not in info["thresholds"]:
+            if novelty == "auto":
+                with read_embedding_file(h5_path, labels_path) as ef:
+                    cal = stored_calibration(ef, novelty_path(run_root), p.query, p.key, device=device or "auto")
+                info["thresholds"][pair] = {lv: cal["levels"][lv] for lv in levels}
+            else:
+                info["thresholds"][pair] = {lv: {"threshold": float(novelty)} for lv in levels}
+        thresholds = {lv: v["threshold"] for lv, v in info["thresholds"][pair].items()}
+        p.novelty = annotate(p.neighbors, p.consensus, thresholds)
+    return info
+
+
+def novelty_summary(p: Prediction) -> str:
+    """One line per input, e.g. "species: new (nearest: X, similarity 0.41 < 0.55); genus: Y (5/5)"."""
+    from bioclip_cli.retrieval.novelty import summary
+
+    return summary(p.novelty, p.consensus, len(p.neighbors))
