@@ -10,7 +10,8 @@ What "the place the user meant" is (the faults it guards against are in docs/arc
 - a directory, device (e.g. `/dev/full`), FIFO or socket at the path is refused with one sentence, never
   replaced by a regular file;
 - a missing parent folder is created; a parent that cannot be created or written is one sentence;
-- "No space left on device" names the file and, when known, the bytes it needed.
+- "No space left on device" names the file and, when known, the bytes it needed; :func:`check_free_space`
+  refuses a known-size output before any work.
 
 The standard library has no atomic replace that follows links and refuses special files, and the
 packages that offer atomic writes (e.g. `atomicwrites`) are unmaintained or do neither; hence this module.
@@ -66,6 +67,76 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file under `folder`, then the folders themselves (before a folder is renamed into place)."""
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            fd = os.open(Path(root) / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))
+
+
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield a new temporary folder beside `path`; when the block succeeds it replaces the folder `path`.
+
+    The temporary name is unique to this process and call; on any failure it is removed and `path` is
+    untouched. An existing folder at `path` is moved aside, the new one renamed in, the old one deleted.
+    """
+    import shutil
+
+    target = Path(path)
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
+    if target.exists() and not target.is_dir():
+        raise OutputError(f"{path} exists and is not a folder; refusing to replace it", "choose another path")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise describe_os_error(exc, Path(path)) from exc
+    tmp = temporary_name(target)
+    old = temporary_name(target, "old")
+    try:
+        tmp.mkdir()
+        yield tmp
+        fsync_tree(tmp)
+        if target.exists():
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(target)
+        _fsync_dir(target.parent)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise describe_os_error(exc, Path(path)) from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+SPACE_MARGIN = 1 << 20  # metadata, ids, a labels JSON: small beside the arrays an estimate counts
+
+
+def check_free_space(folder: str | Path, target: str | Path, needed: int) -> None:
+    """OutputError before any writing when the disk holding `folder` has less than `needed` bytes (plus a
+    small margin) free: a long job is refused at once, not after hours of work."""
+    import shutil
+
+    probe = Path(folder)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed + SPACE_MARGIN:
+        raise OutputError(
+            f"No space left on device writing {target} ({needed + SPACE_MARGIN:,} bytes needed, {free:,} free)",
+            "free some space, or write elsewhere with --out",
+        )
 
 
 def describe_os_error(exc: OSError, path: Path, needed: int | None = None) -> OutputError:

@@ -126,7 +126,8 @@ def test_every_bad_input_is_counted_and_listed(bad_raw, tmp_path):
     assert "truncated" in problems["bad_image"]["details"][bad["bad_image_truncated"]]
     assert problems["empty_barcode"]["ids"] == [bad["empty_barcode"]]
     assert problems["barcode_chars"]["ids"] == [bad["barcode_chars"]]
-    assert "-RYacgt" in problems["barcode_chars"]["details"][bad["barcode_chars"]]
+    assert "RYacgt" in problems["barcode_chars"]["details"][bad["barcode_chars"]]
+    assert problems["alignment_gaps"]["ids"] == [bad["barcode_chars"]]  # its '-' (issue 16, fault 8)
     assert bad["missing_taxonomy"] in problems["missing_taxonomy"]["ids"]
     assert problems["unknown_split"]["ids"] == [bad["unknown_split"]]
     assert problems["duplicate_processid"]["ids"] == [bad["duplicate_processid"]]
@@ -135,6 +136,7 @@ def test_every_bad_input_is_counted_and_listed(bad_raw, tmp_path):
         "bad_image": "skipped",
         "empty_barcode": "kept",
         "barcode_chars": "kept",
+        "alignment_gaps": "kept",
         "missing_taxonomy": "stored as not_classified",
         "unknown_split": "in no group",
         "duplicate_processid": "kept the first row",

@@ -98,7 +98,7 @@ def test_only_the_configured_modalities_are_read(tmp_path, tiny):
     assert set(item) == {"index", "dna", "dna_mask", "text", "text_mask", "text_type"}
     assert item["dna"][1] == 1026
     assert set(collate([ds[0]])) == {"index", "dna", "dna_mask", "text", "text_mask", "text_type"}
-    with pytest.raises(DataError, match="row 0 has an unreadable image"):
+    with pytest.raises(DataError, match=r"row 0 \(A-1\) has an unreadable image"):
         eval_set(path, "val_seen", tiny, modalities=["image"])[0]
     write_groups(tmp_path / "nodna.hdf5", {"g": {"image": [b"x"], "processid": ["A"]}})
     with pytest.raises(DataError, match="barcode"):

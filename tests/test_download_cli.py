@@ -36,6 +36,27 @@ CKPT = ASPIS + "BIOSCAN_CLIP_for_downloading/ckpt/bioscan_clip/trained_with_bios
 BERT = ASPIS + "clip_project/ckpt/BarcodeBERT/model_41.pth"
 
 
+def pth_bytes(state: dict) -> bytes:
+    """A real torch.save file (downloads without a published checksum are format-checked)."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def bert_pth(n: int = 8) -> bytes:
+    import torch
+
+    return pth_bytes({"bert.embeddings.word_embeddings.weight": torch.arange(n, dtype=torch.float32)})
+
+
+def clip_pth(n: int = 8) -> bytes:
+    import torch
+
+    return pth_bytes({"image_encoder.lora_vit.cls_token": torch.arange(n, dtype=torch.float32)})
+
+
 @pytest.fixture
 def server():
     with FileServer() as srv:
@@ -163,14 +184,14 @@ def test_unknown_target_lists_the_valid_ones():
 
 
 def test_checkpoints_happy_path_then_skip(server, tmp_path):
-    server.add(BERT, b"barcodebert" * 1000)
-    server.add(CKPT, b"clip" * 5000)
+    server.add(BERT, bert_pth(1000))
+    server.add(CKPT, clip_pth(5000))
     args = ("download", "checkpoints", "--preset", "idt-5m", "--root", str(tmp_path), "--mirror", server.base)
     proc = run_cli(*args, env=QUICK)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "ckpt/BarcodeBERT/5_mer/model_41.pth").read_bytes() == b"barcodebert" * 1000
-    assert (tmp_path / "ckpt/bioscan_clip/trained_with_bioscan_5m/image_dna_text.pth").read_bytes() == b"clip" * 5000
-    assert "unverified (no checksum published; size checked)" in proc.stdout
+    assert (tmp_path / "ckpt/BarcodeBERT/5_mer/model_41.pth").read_bytes() == bert_pth(1000)
+    assert (tmp_path / "ckpt/bioscan_clip/trained_with_bioscan_5m/image_dna_text.pth").read_bytes() == clip_pth(5000)
+    assert "format-checked: a BarcodeBERT checkpoint (no checksum published)" in proc.stdout
     gets = len(server.gets())
     assert gets == 2
     again = run_cli(*args, env=QUICK)
@@ -309,7 +330,7 @@ def test_hub_file_sha256_comes_from_the_hub_metadata(server, tmp_path):
     data = os.urandom(30_000)
     sha = hashlib.sha256(data).hexdigest()
     server.add(path, data, headers={"X-Linked-Etag": f'"{sha}"', "X-Repo-Commit": "0" * 40})
-    server.add(BERT, b"bert")
+    server.add(BERT, bert_pth())
     env = {**QUICK, "HF_HUB_OFFLINE": "0"}
     args = ("download", "checkpoints", "--preset", "idt-5m-clibd", "--root", str(tmp_path), "--mirror", server.base)
     proc = run_cli(*args, env=env)
@@ -372,7 +393,7 @@ def test_ctrl_c_keeps_the_partial_file_and_the_next_run_resumes(server, tmp_path
     import sys
     import time
 
-    data = os.urandom(400_000)
+    data = bert_pth(100_000)  # ~400 KB
     server.add(BERT, data, rate=200_000)  # ~2 s for the whole file
     dest = tmp_path / "ckpt/BarcodeBERT/5_mer/model_41.pth"
     part = dest.with_name(dest.name + ".part")

@@ -105,8 +105,8 @@ def command(
 
     JPEG bytes are stored unchanged; bad rows are counted and listed in `<out>.report.json`. For insect,
     `<out>.metadata.csv` lists the rows stored (the INSECT_metadata.csv format, for BZSL).
-    The file is written to `<out>.partial` and renamed when complete. The printed table (or --format
-    json/csv) lists the rows written per group; JSON adds the bad-input summary.
+    The file is written under a hidden partial name beside `<out>` and renamed when complete. The printed table
+    (or --format json/csv) lists the rows written per group; JSON adds the bad-input summary.
     """
     from bioclip_cli.errors import BioclipError
 
@@ -154,6 +154,8 @@ def _print_report(report, out: Path, format, output_file) -> None:
     )
     if report.problems and as_table:
         output.print_table(report.problem_rows(), title="bad input (ids in the report)")
+    for message in report.warnings:
+        output.warning(message)
     output.success(
         f"wrote {out} in {report.seconds:.1f} s ({report.rows_per_second:,.0f} rows/s); report: {report.report_path}"
     )

@@ -52,16 +52,29 @@ def command(
         typer.Option("--mirror", help="Fetch the same paths from this base URL instead.", show_default=False),
     ] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Files downloaded in parallel.")] = 2,
+    allow_unverified: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unverified", help="Accept a hub file whose sha256 cannot be read (it is still format-checked)."
+        ),
+    ] = False,
     format: FormatOpt = "table",
     output: OutputOpt = None,
 ) -> None:
     """Download the BIOSCAN and INSECT datasets, checkpoints, pretrained encoders or released embeddings.
 
     Every file is fetched to `<dest>.part` with HTTP range resume, checked against its published
-    size and checksum, and only then renamed into place; re-running skips verified files.
+    size and checksum (or, where none is published, checked to be a readable file of its kind), and only
+    then renamed into place; re-running skips verified files.
     """
     from bioclip_cli.cli.output import emit, hint, info, success
-    from bioclip_cli.workflows.download import download, next_command, plan_downloads, raise_failures
+    from bioclip_cli.workflows.download import (
+        download,
+        next_command,
+        plan_downloads,
+        raise_failures,
+        verification_counts,
+    )
 
     if jobs < 1:
         raise BioclipError(f"--jobs must be at least 1, got {jobs}")
@@ -69,7 +82,7 @@ def command(
     if not plan:
         info(f"preset {preset} needs nothing from `{target}`; nothing to do")
         return
-    results = download(plan, jobs=jobs, dry_run=dry_run)
+    results = download(plan, jobs=jobs, dry_run=dry_run, allow_unverified=allow_unverified)
     title = "bioclip download --dry-run: nothing was written" if dry_run else f"bioclip download {target}"
     emit([r.row() for r in results], format, output, title=title, fold=True)
     for pf in plan:
@@ -79,7 +92,9 @@ def command(
         hint(f"bioclip download {' '.join(_args(target, what, preset, root, mirror))}")
         return
     raise_failures(results)
-    success(f"{len(results)} file(s) in place under {root}")
+    counts = verification_counts(results)
+    fetched = ", ".join(f"{n} {how}" for how, n in counts.items()) if any(counts.values()) else "none fetched now"
+    success(f"{len(results)} file(s) in place under {root} ({fetched})")
     follow_up = next_command(target, what, root, results)
     if follow_up:
         hint(follow_up)

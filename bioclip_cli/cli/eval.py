@@ -125,6 +125,7 @@ def command(
     """
     from bioclip_cli.cli import output
 
+    output.check_outputs(json_out, csv_out, per_class, output_file)
     ks = _int_list(k, "--k")
     level_list = [part.strip() for part in levels.split(",") if part.strip()]
     if hybrid is not None or tau is not None:

@@ -45,6 +45,7 @@ def command(
     from bioclip_cli.cli import output
     from bioclip_cli.workflows.inspect import inspect_file
 
+    output.check_outputs(json_out, output_file)
     summary = inspect_file(file)
     columns = _DATASET_COLUMNS if summary["kind"] == "dataset" else _EMBEDDING_COLUMNS
     as_table = output.emit(

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from rich.console import Console
 from rich.table import Table
 
-from bioclip_cli.atomic_write import write_text
+from bioclip_cli.atomic_write import resolve_output, write_text
 
 console = Console()  # stdout: results
 err = Console(stderr=True)  # stderr: messages, warnings, hints, progress
@@ -71,6 +71,13 @@ def print_table(
     if whole:  # a console as wide as the table needs (Console.print's own `width` is capped at the console's)
         stream = Console(file=stream.file, width=_UNBOUNDED_WIDTH, no_color=stream.no_color, highlight=False)
     stream.print(table, crop=not whole)
+
+
+def check_outputs(*paths: str | Path | None) -> None:
+    """Refuse, before any work, output paths that are folders, devices or pipes (one sentence each)."""
+    for path in paths:
+        if path is not None:
+            resolve_output(path)
 
 
 def emit(

@@ -103,6 +103,7 @@ def command(
     from bioclip_cli.errors import BioclipError
     from bioclip_cli.workflows.predict import ROW_COLUMNS, predict
 
+    output.check_outputs(output_file)
     if run is None:
         raise BioclipError("--run is required: the run whose model and key embeddings identify the specimens",
                            "bioclip predict specimen.jpg --run runs/demo")  # fmt: skip

@@ -8,6 +8,8 @@ ConfigError naming the key, the value and the valid choices.
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
 import types
 import typing
 from functools import cache
@@ -44,11 +46,47 @@ def preset_names(include_hidden: bool = False) -> list[str]:
     return [n for n in names if include_hidden or not n.startswith("_")]
 
 
-def _read_yaml(path: Path, what: str) -> dict:
+MAX_CONFIG_BYTES = 1 << 20  # a configuration is a few KB; anything larger is a wrong file
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when installed (much faster)
+
+
+def _config_text(path: Path, what: str) -> str:
+    """The text of a configuration file; ConfigError for a missing, special, oversized or unreadable file."""
     try:
-        data = yaml.safe_load(path.read_text())
+        st = os.stat(path)
     except FileNotFoundError:
         raise ConfigError(what, f"{what}: file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(what, f"{what}: cannot read {path} ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ConfigError(what, f"{what}: {path} is a folder, not a YAML file", "give the path of a .yaml file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(
+            what, f"{what}: {path} is not a regular file (a device, pipe or socket)", "give the path of a .yaml file"
+        )
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            what,
+            f"{what}: {path} is {st.st_size:,} bytes; a configuration file may be at most {MAX_CONFIG_BYTES:,}",
+            "check that this is the configuration you meant",
+        )
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(what, f"{what}: cannot read {path} ({exc.strerror})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(what, f"{what}: {path} is over {MAX_CONFIG_BYTES:,} bytes, the limit for a configuration")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(what, f"{what}: {path} is not a text (UTF-8) file", "give the path of a .yaml file") from None
+
+
+def _read_yaml(path: Path, what: str) -> dict:
+    text = _config_text(path, what)
+    try:
+        data = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
         raise ConfigError(what, f"{what}: {path} is not valid YAML ({exc.__class__.__name__})") from None
     if data is None:
@@ -77,6 +115,12 @@ def _resolve_file(path: Path, what: str, chain: tuple[str, ...] = ()) -> dict:
         return data
     if isinstance(bases, str):
         bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(
+            "base",
+            f"{what}: base must be a preset name or a list of preset names, got {bases!r}",
+            f"e.g. base: demo (valid presets: {', '.join(preset_names())})",
+        )
     merged: dict = {}
     for base in bases:
         if base in chain:

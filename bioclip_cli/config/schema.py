@@ -77,6 +77,9 @@ class DnaDataConfig:
     k: int = 5
     max_len: int = 660
     prefix_id: int | None = 0  # id prepended to every sequence (compat: 0, the <MASK> id); None: no prefix
+    # alignment gaps '-' / '.' (aligned FASTA): strip = removed before the k-mers are cut (a gapped barcode reads
+    # as its ungapped sequence); keep = the original BarcodeBERT code's behaviour (k-mers holding them are <UNK>)
+    gaps: Literal["strip", "keep"] = "strip"
 
     def validate(self, prefix: str) -> None:
         _check(1 <= self.k <= 8, f"{prefix}.k", f"must be in 1..8, got {self.k}")
@@ -113,6 +116,9 @@ class DataConfig:
     val_groups: list[str] = field(default_factory=lambda: ["val_seen", "val_unseen"])  # [seen, unseen]
     test_groups: list[str] = field(default_factory=lambda: ["test_seen", "test_unseen"])  # [seen, unseen]
     num_workers: int = 4
+    # a training image that cannot be decoded: skip its row (counted and reported) or fail naming it;
+    # embed/eval always fail naming the group, row and id (their rows must stay aligned with the labels)
+    bad_images: Literal["skip", "fail"] = "skip"
     image: ImageDataConfig = field(default_factory=ImageDataConfig)
     dna: DnaDataConfig = field(default_factory=DnaDataConfig)
     text: TextDataConfig = field(default_factory=TextDataConfig)

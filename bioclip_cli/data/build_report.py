@@ -26,6 +26,7 @@ class BuildReport:
     seconds: float = 0.0
     rows_per_second: float = 0.0
     options: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # e.g. every group is empty
 
     @property
     def report_path(self) -> Path:

@@ -31,6 +31,7 @@ text settings), the `modalities` to load, the text `tokenizer` and, for training
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -76,6 +77,7 @@ class _GroupDataset(torch.utils.data.Dataset):
             for name in needs[modality]:
                 self.reader.dataset(name)  # DataError naming file, group and what exists
         self.transform = (TrainTransform if self.train else EvalTransform)(data.image)
+        self.skipped_rows = 0  # training rows dropped for an unreadable image, in this process
         self._text_codes: np.ndarray | None = None
         self._text_tokens: dict[str, np.ndarray] | None = None
         self.stored_text = False
@@ -125,12 +127,37 @@ class _GroupDataset(torch.utils.data.Dataset):
                 self.transform.augment(data, self._seed(index), out=slot, plan=plan)
             else:
                 slot.copy_(self.transform(data))
-        except (OSError, ValueError) as exc:  # PIL.UnidentifiedImageError is an OSError
-            raise DataError(
-                self.h5.path,
-                f"{self.h5.path}: group {self.group!r} row {index} has an unreadable image ({exc})",
-                "rebuild the file with `bioclip build-hdf5` (bad images are skipped and listed)",
-            ) from exc
+        except Exception as exc:  # any decoder failure (PIL's DecompressionBombError is no OSError) names the row
+            raise self._bad_image(index, exc) from exc
+
+    def _bad_image(self, index: int, exc: BaseException) -> DataError:
+        try:
+            sample = f" ({self.reader.string(self.reader.id_column, index)})"
+        except Exception:  # no id column: the row number alone
+            sample = ""
+        detail = str(exc) if isinstance(exc, (OSError, ValueError)) else f"{type(exc).__name__}: {exc}"
+        return DataError(
+            self.h5.path,
+            f"{self.h5.path}: group {self.group!r} row {index}{sample} has an unreadable image ({detail})",
+            "rebuild the file with `bioclip build-hdf5` (bad images are skipped and listed)"
+            + ("; or let training skip such rows: --set data.bad_images=skip" if self.train else ""),
+        )
+
+    def _plan(self, index: int, data: bytes) -> AugmentPlan | None:
+        if not data:
+            return None
+        try:
+            return self.transform.plan(data, self._seed(index))
+        except Exception as exc:
+            raise self._bad_image(index, exc) from exc
+
+    def _skip(self, error: DataError) -> bool:
+        """True when a training row with an unreadable image is dropped from its batch (`data.bad_images`)."""
+        if not self.train or self.data.bad_images != "skip":
+            return False
+        self.skipped_rows += 1
+        print(f"Warning: skipped {error.message}", file=sys.stderr, flush=True)
+        return True
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict]:
         """The items of several rows, equal to ``[self[i] for i in indices]``, made batch-wise (module doc)."""
@@ -138,6 +165,7 @@ class _GroupDataset(torch.utils.data.Dataset):
         if not rows:
             return []
         items: list[dict] = [{"index": i} for i in rows]
+        bad: set[int] = set()  # training rows dropped for an unreadable image (data.bad_images: skip)
         if "image" in self.modalities:
             size = self.data.image.crop
             if self.train and len(rows) == 1 and torch.utils.data.get_worker_info() is None:
@@ -150,9 +178,24 @@ class _GroupDataset(torch.utils.data.Dataset):
                 batch = new_batch((len(rows), size, size, 3), torch.uint8)
                 data = [self.reader.image_bytes(row) for row in rows]
                 # every item's draws and geometry first, then the decodes (TrainTransform.plan says why)
-                plans = [self.transform.plan(b, self._seed(row)) if b else None for row, b in zip(rows, data)]
+                plans = []
+                for row, b in zip(rows, data):
+                    try:
+                        plans.append(self._plan(row, b))
+                    except DataError as exc:
+                        if not self._skip(exc):
+                            raise
+                        bad.add(row)
+                        plans.append(None)
                 for row, slot, b, plan in zip(rows, batch.numpy(), data, plans):
-                    self._image_into(slot, row, b, plan)
+                    if row in bad:
+                        continue
+                    try:
+                        self._image_into(slot, row, b, plan)
+                    except DataError as exc:
+                        if not self._skip(exc):
+                            raise
+                        bad.add(row)
                 for item, view in zip(items, batch.permute(0, 3, 1, 2).unbind(0)):
                     item["image"] = view
             else:
@@ -165,7 +208,7 @@ class _GroupDataset(torch.utils.data.Dataset):
             d = self.data.dna
             reader = self.reader
             barcodes = [reader.string("barcode", i) for i in rows] if few else list(reader.barcodes(rows))
-            ids, mask = kmer_tokenize(barcodes, d.k, d.max_len, d.prefix_id)
+            ids, mask = kmer_tokenize(barcodes, d.k, d.max_len, d.prefix_id, d.gaps)
             for item, row_ids, row_mask in zip(items, ids, mask):
                 item["dna"], item["dna_mask"] = row_ids, row_mask
         if "text" in self.modalities:
@@ -181,6 +224,15 @@ class _GroupDataset(torch.utils.data.Dataset):
                 items, tokens["input_ids"], tokens["attention_mask"], tokens["token_type_ids"]
             ):
                 item["text"], item["text_mask"], item["text_type"] = text, mask, types
+        if bad:
+            items = [item for item in items if item["index"] not in bad]
+            if not items:
+                raise DataError(
+                    self.h5.path,
+                    f"{self.h5.path}: every row of a batch of group {self.group!r} has an unreadable image "
+                    f"(rows {', '.join(map(str, sorted(bad)))})",
+                    "rebuild the file with `bioclip build-hdf5` (bad images are skipped and listed)",
+                )
         return items
 
     def __getitem__(self, index: int) -> dict:

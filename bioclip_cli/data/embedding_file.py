@@ -23,6 +23,7 @@ again (`EmbeddingFileWriter.completed_groups`).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from bioclip_cli.atomic_write import write_text
+from bioclip_cli.atomic_write import OutputError, describe_os_error, resolve_output, write_text
 from bioclip_cli.config.schema import LEVELS
 from bioclip_cli.errors import DataError
 
@@ -88,6 +89,17 @@ def all_key_features(image: np.ndarray, dna: np.ndarray, text: np.ndarray) -> np
 
 
 # ------------------------------------------------------------------------------------------------ write
+
+def estimated_bytes(rows: Mapping[str, int], widths: Mapping[str, int], dtype: str = "float32") -> int:
+    """Bytes the feature arrays of an embedding file take: rows x width x dtype size over every dataset
+    (encoded, derived and the key group's all_key_features), for `rows[group]` and `widths[image|dna|text]`."""
+    itemsize = np.dtype(dtype).itemsize
+    encoded = {dataset_name(m): w for m, w in widths.items()}
+    total = 0
+    for group, n in rows.items():
+        for name, width in _derived_layout(group, encoded).items():
+            total += (3 * n if name == "all_key_features" else n) * width * itemsize
+    return total
 
 
 def _canonical_features(features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -355,9 +367,15 @@ class EmbeddingFileWriter:
         if missing:
             raise ValueError(f"cannot finalize {self.h5_path.name}: groups {sorted(missing)} are not written yet")
         self.close()
+        target = resolve_output(self.h5_path)  # a link is followed; a folder or device is refused
         labels = self._partial_labels()
         write_text(self.labels_path, json.dumps({label_key(g): labels[label_key(g)] for g in GROUPS}))
-        self.partial_path.replace(self.h5_path)
+        fd = os.open(self.partial_path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self.partial_path, target)
         self.partial_labels_path.unlink(missing_ok=True)
         self.finished = True
         return self.h5_path, self.labels_path
@@ -367,6 +385,23 @@ class EmbeddingFileWriter:
         if self._h5 is not None:
             self._h5.close()
             self._h5 = None
+
+    def discard(self, exc: OSError | None = None, needed: int | None = None) -> OutputError | None:
+        """After a failed write (e.g. a full disk): close the partial file, delete it and its labels.
+
+        Returns the one-sentence error for `exc` (naming the file and the bytes needed), when given."""
+        h5, self._h5 = self._h5, None
+        if h5 is not None:
+            try:  # closing flushes; on a full disk that fails too, and the file is deleted anyway
+                h5.close()
+            except (OSError, RuntimeError, ValueError):
+                pass
+        for path in (self.partial_path, self.partial_labels_path):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
+        return describe_os_error(exc, self.h5_path, needed) if exc is not None else None
 
     def __enter__(self) -> EmbeddingFileWriter:
         return self
@@ -500,15 +535,24 @@ def _read_labels(labels_path: Path, groups: Sequence[str]) -> dict[str, dict[str
                 "use the labels_{split}.json written together with the embedding file",
             )
         rows = raw[key]
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            found = type(rows).__name__ if not isinstance(rows, list) else "a list with non-object rows"
+            raise DataError(
+                labels_path,
+                f"{labels_path.name}: {key!r} must be a list of rows ({{level: label}} objects), got {found}",
+                "use the labels_{split}.json written together with the embedding file",
+            )
         levels = list(rows[0]) if rows else list(LEVELS)
         try:
             out[group] = {
                 level: np.array(["not_classified" if r[level] is None else str(r[level]) for r in rows], dtype=str)
                 for level in levels
             }
-        except (KeyError, TypeError) as exc:
+        except KeyError as exc:
             raise DataError(
-                labels_path, f"{labels_path.name}: a row of {key!r} lacks the level {exc} that its first row has"
+                labels_path,
+                f"{labels_path.name}: a row of {key!r} lacks the level {exc} that its first row has",
+                "use the labels_{split}.json written together with the embedding file",
             ) from None
         if not rows:
             out[group] = {level: np.array([], dtype=str) for level in levels}

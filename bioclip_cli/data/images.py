@@ -38,13 +38,35 @@ _HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 cv2.setNumThreads(1)
 
 
+MAX_IMAGE_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold (a 2.7 GB RGB image at most 0.27 GB)
+
+
+def declared_size_problem(size: tuple[int, int] | None) -> str | None:
+    """Why an image whose header declares `size` (width, height) must not be decoded, or None."""
+    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+        return (
+            f"the image declares {size[0]}x{size[1]} pixels, over the limit of {MAX_IMAGE_PIXELS:,} "
+            "(a decompression bomb, or not a specimen photograph)"
+        )
+    return None
+
+
 def decode_image(data: bytes, min_side: int | None = None) -> Image.Image:
     """Decode image bytes to an RGB PIL image whose shorter side stays >= `min_side` (when given).
 
     With `min_side`, a JPEG at least twice as large is decoded at 1/2, 1/4 or 1/8 scale (Pillow draft),
     which is several times faster; the caller still resizes to the exact target afterwards.
     """
-    img = Image.open(io.BytesIO(data))
+    problem = declared_size_problem(jpeg_size(data))
+    if problem:  # refused before Pillow even opens it
+        raise ValueError(problem)
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:  # another format that declares too many pixels
+        raise ValueError("the image declares more pixels than the decompression-bomb limit") from None
+    problem = declared_size_problem(img.size)
+    if problem:
+        raise ValueError(problem)
     if min_side and img.format == "JPEG":
         w, h = img.size
         if min(w, h) >= 2 * min_side:
@@ -191,7 +213,11 @@ def decode_array(data: bytes, min_side: int | None = None) -> np.ndarray:
 
 def _decode(data: bytes, size: tuple[int, int] | None, factor: int, min_side: int | None) -> np.ndarray:
     """:func:`decode_array` given the JPEG's (width, height) from its header (None: not a JPEG simplejpeg reads)
-    and the DCT reduction."""
+    and the DCT reduction. An image declaring more than MAX_IMAGE_PIXELS is refused before any pixel memory
+    is allocated (ValueError)."""
+    problem = declared_size_problem(size)
+    if problem:
+        raise ValueError(problem)
     if size:
         width, height = size
         try:

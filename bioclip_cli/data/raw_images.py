@@ -54,6 +54,11 @@ def check_jpeg(data, decode: bool = False) -> str | None:
         return "not a JPEG (no start-of-image marker)"
     if data[-2:] != b"\xff\xd9" and bytes(data[-_EOI_WINDOW:]).rfind(b"\xff\xd9") < 0:
         return "truncated JPEG (no end-of-image marker)"
+    from bioclip_cli.data.images import declared_size_problem, jpeg_size
+
+    problem = declared_size_problem(jpeg_size(bytes(data)))  # the header only: no pixel is decoded
+    if problem:
+        return problem
     if decode:
         from PIL import Image
 

@@ -1,6 +1,6 @@
 """Bad input of the raw BIOSCAN releases: the row checks and the log that counts and lists every problem.
 
-:func:`barcode_problems` finds empty barcodes and characters outside ACGTN, :func:`missing_rank_bits` the
+:func:`barcode_problems` finds empty barcodes, alignment gaps and other characters outside ACGTN, :func:`missing_rank_bits` the
 unclassified ranks; :class:`ProblemLog` counts every bad input by kind with (capped) id lists, so that
 `build-hdf5` drops nothing silently and its report says what was skipped and why.
 """
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bioclip_cli.data.dna import gap_count
 from bioclip_cli.data.taxonomy import NOT_CLASSIFIED
 
 
@@ -24,8 +25,12 @@ def barcode_problems(barcodes: list[bytes]) -> list[tuple[int, str, str | None]]
     for i, seq in enumerate(barcodes):
         if not seq:
             out.append((i, "empty_barcode", None))
-        elif seq.translate(None, b"ACGTN"):
-            odd = sorted(set(seq.decode("utf-8")) - set("ACGTN"))
+            continue
+        gaps = gap_count(seq)  # alignment gaps: stored as given, removed when tokenised (data/dna.py)
+        if gaps:
+            out.append((i, "alignment_gaps", f"{gaps} gap character(s) '-'/'.', removed when tokenised"))
+        odd = sorted(set(seq.decode("utf-8")) - set("ACGTN-."))
+        if odd:
             out.append((i, "barcode_chars", "characters " + "".join(odd[:20])))
     return out
 

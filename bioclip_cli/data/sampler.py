@@ -38,6 +38,13 @@ class EpochSampler:
         if n_rows < per_step:
             accum = f" x {accumulate} accumulated batches" if accumulate > 1 else ""
             most = n_rows // (world * accumulate)
+            if most < 2:  # no batch size can help: the group itself is (nearly) empty
+                raise ConfigError(
+                    "train.batch_size",
+                    f"the training group has only {n_rows} row(s); contrastive training needs at least "
+                    f"{2 * world * accumulate} (2 per batch{' per process' if world > 1 else ''})",
+                    "check data.train_group and the dataset (bioclip inspect FILE shows the rows per group)",
+                )
             raise ConfigError(
                 "train.batch_size",
                 f"train.batch_size={batch_size} x {world} process(es){accum} = {per_step} rows per step, but the "

@@ -1,7 +1,8 @@
 """HTTP(S) transfers that resume, retry, verify, and never leave a corrupt file looking complete.
 
 `fetch(url, dest, size=, checksum=)` writes into `<dest>.part` (resuming it with a `Range` request when
-it exists), retries connection errors and 5xx answers with exponential backoff, hashes the bytes as they
+it exists), retries connection errors and 5xx answers with exponential backoff (a refused connection, where
+nothing listens, once at most), hashes the bytes as they
 arrive, and renames `.part` to `dest` only after the size and checksum verify. A mismatch moves the
 bytes to `<dest>.bad` and raises :class:`~bioclip_cli.errors.ChecksumMismatch`. Standard library only.
 
@@ -145,10 +146,11 @@ def _open(url: str, settings: TransferSettings, allow_http: bool, headers: dict,
 class _Retry(Exception):
     """A transient failure: pause and try again, keeping the bytes already written."""
 
-    def __init__(self, reason: str, server_error: bool = False):
+    def __init__(self, reason: str, server_error: bool = False, refused: bool = False):
         super().__init__(reason)
         self.reason = reason
         self.server_error = server_error  # the host answered (5xx, 429), as opposed to a network failure
+        self.refused = refused  # nothing listens there: one quick retry at most, not the whole backoff
 
 
 def _host(url: str) -> str:
@@ -178,7 +180,8 @@ def _url_error(url: str, exc: urllib.error.URLError) -> Exception:
         return _unreachable(url, "the host name does not resolve")
     if isinstance(reason, ssl.SSLCertVerificationError):
         return TransferError(url, f"the TLS certificate of {_host(url)} does not verify ({reason.verify_message})")
-    return _Retry(str(getattr(reason, "strerror", None) or reason))
+    refused = isinstance(reason, ConnectionRefusedError)
+    return _Retry(str(getattr(reason, "strerror", None) or reason), refused=refused)
 
 
 def _content_range(value: str | None) -> tuple[int | None, int | None]:
@@ -272,6 +275,8 @@ def _attempt(url: str, part: _Partial, size: int | None, settings: TransferSetti
         raise _http_error(url, exc) from None
     except urllib.error.URLError as exc:
         raise _url_error(url, exc) from None
+    except ConnectionRefusedError as exc:
+        raise _Retry(exc.strerror or "Connection refused", refused=True) from None
     except (http.client.HTTPException, OSError) as exc:
         raise _Retry(f"{type(exc).__name__}: {exc}") from None
     with resp:
@@ -315,9 +320,12 @@ def fetch(
     settings: TransferSettings | None = None,
     allow_http: bool = False,
     on_bytes: Callable[[int], None] | None = None,
+    check: Callable[[Path], object] | None = None,
 ) -> TransferResult:
     """Download `url` to `dest`, resuming `<dest>.part`; verify `size`/`checksum` before the rename.
 
+    `check(part_path)` (e.g. a format check, for files without a published checksum) runs after the size and
+    checksum and before the rename; a BioclipError from it moves the bytes to `<dest>.bad` and is raised.
     `on_bytes(n)` is told of every block written (n < 0 when the partial file had to be dropped);
     the bytes already in `.part` are reported once at the start. An existing `dest` that verifies is
     left alone (no request is made).
@@ -346,8 +354,9 @@ def fetch(
                 break
             except _Retry as exc:
                 failures = 1 if part.offset > before else failures + 1
-                if failures > settings.retries:
-                    reason = f"{exc.reason}; gave up after {settings.retries} retries"
+                limit = min(1, settings.retries) if exc.refused else settings.retries
+                if failures > limit:
+                    reason = f"{exc.reason}; gave up after {limit} {'retry' if limit == 1 else 'retries'}"
                     if exc.server_error:
                         raise TransferError(
                             url,
@@ -373,5 +382,12 @@ def fetch(
     if checksum is not None and actual != checksum.value:
         os.replace(part.path, bad)
         raise ChecksumMismatch(dest, checksum.kind, checksum.value, actual, hint)
+    if check is not None:
+        try:
+            check(part.path)
+        except BioclipError as exc:
+            os.replace(part.path, bad)
+            exc.hint = f"{exc.hint}; the bytes are kept in {bad}" if exc.hint else hint
+            raise
     os.replace(part.path, dest)
     return TransferResult(url, dest, final_size, fetched, resumed_from, requests, checksum)

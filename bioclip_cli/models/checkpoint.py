@@ -8,13 +8,12 @@ v1 or CLIBD v2 `.pth`, or BarcodeBERT's `model_41.pth` (DNA encoder alone). `.pt
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
 import torch
 
+from bioclip_cli.atomic_write import atomic_folder
 from bioclip_cli.config.schema import RunConfig
 from bioclip_cli.errors import DataError
 from bioclip_cli.models.clip import BioClipModel
@@ -59,8 +58,9 @@ def save_checkpoint(
 ) -> Path:
     """Write `directory/` = model.safetensors + config.yaml (when given) + meta.json, atomically.
 
-    Everything is written into a temporary sibling folder that then replaces `directory` by rename, so a
-    crash never leaves a half-written checkpoint under the final name.
+    Everything is written into a temporary sibling folder (a name unique to this process and call) that then
+    replaces `directory` by rename, so a crash never leaves a half-written checkpoint under the final name;
+    on failure the temporary folder is removed (:func:`bioclip_cli.atomic_write.atomic_folder`).
     """
     from safetensors.torch import save_file
 
@@ -71,11 +71,7 @@ def save_checkpoint(
     if any_merged(model):
         raise RuntimeError("save_checkpoint inside lora_merged(): the base weights hold the LoRA updates")
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_folder(directory) as tmp:  # unique temporary folder, removed on failure, renamed in on success
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         scales = lora_scales(model)
         metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION)}
@@ -95,16 +91,6 @@ def save_checkpoint(
             **(meta or {}),
         }
         (tmp / META_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            directory.rename(old)
-            tmp.rename(directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 

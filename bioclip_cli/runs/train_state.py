@@ -2,7 +2,7 @@
 
 - `checkpoints/resume/`: Accelerate's full state (model, optimizer, registered schedule, the RNG states of
   every process, its step counter) plus `progress.json` (:class:`TrainProgress`: epoch, position in the epoch,
-  step, best metric), written under a temporary name and renamed into place.
+  step, best metric), written under a temporary name unique to the run's main process and renamed into place.
 - `metrics.jsonl` (:class:`MetricsLog`): one JSON object per line; on resume, lines written after the state
   being resumed (by a crash or a divergence) are dropped, so no step appears twice.
 - :class:`StopRequest`: the first Ctrl-C asks the loop to stop after the current step; the loop agrees on it
@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import signal
 import threading
@@ -153,22 +152,35 @@ def weights_digest(model) -> str:
 
 
 def save_training_state(accelerator, run: RunDir, progress: TrainProgress, main: bool) -> None:
-    """Accelerate's full state + progress.json into checkpoints/resume, atomically (temporary name, rename)."""
-    tmp = run.checkpoints / ".resume.tmp"
-    if main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if main:
-        (tmp / PROGRESS_FILE).write_text(progress.to_json())
-        target = run.resume_state
-        if target.exists():
-            old = run.checkpoints / f".resume.old-{os.getpid()}"
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
+    """Accelerate's full state + progress.json into checkpoints/resume, atomically: every process writes into
+    one temporary folder whose name the main process makes unique (pid + random), then main renames it in."""
+    from bioclip_cli.atomic_write import fsync_tree, temporary_name
+
+    names = [str(temporary_name(run.resume_state)) if main else None]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(names)
+    tmp = Path(names[0])
+    try:
+        if main:
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if main:
+            (tmp / PROGRESS_FILE).write_text(progress.to_json())
+            fsync_tree(tmp)
+            target = run.resume_state
+            if target.exists():
+                old = temporary_name(target, "old")
+                target.rename(old)
+                tmp.rename(target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(target)
+    except BaseException:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     accelerator.wait_for_everyone()

@@ -11,7 +11,8 @@ cache, by a thread pool, ahead, while they are slow to read), and this one write
 other the rows through shared memory (:mod:`~bioclip_cli.data.worker_stream`), a few parts ahead. Image
 rows go straight into zero-padded chunks; the other columns are buffered per group and appended to chunked,
 resizable datasets. The original JPEG bytes are stored unchanged unless `reencode_quality` is given. Output
-goes to ``OUT.partial`` and is renamed to ``OUT`` only when complete; every bad input is counted and listed
+goes to a hidden partial file beside ``OUT`` (a name unique to the process; ``.OUT.lock`` keeps a second build of
+the same ``OUT`` out) and is renamed to ``OUT`` only when complete; every bad input is counted and listed
 in ``OUT.report.json`` (nothing is dropped silently).
 
 The INSECT dataset (:func:`build_insect`) is small enough for one process: the engine in
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from bioclip_cli import __version__
+from bioclip_cli.atomic_write import describe_os_error, resolve_output, temporary_name, write_text
 from bioclip_cli.data.build_raw import (
     GROUPS_1M,
     GROUPS_5M,
@@ -47,6 +49,7 @@ from bioclip_cli.data.taxonomy import LEVELS, load_text_tokenizer, taxonomy_stri
 from bioclip_cli.data.worker_stream import WorkerStream
 from bioclip_cli.errors import BioclipError, DataError
 from bioclip_cli.progress import progress_bar
+from bioclip_cli.run_lock import exclusive_lock
 
 PART_ROWS = 256  # image files per read/check task and per item from the worker process...
 PART_BYTES = 8 << 20  # ...or about as many bytes of files (fewer rows when the files are large)
@@ -137,21 +140,24 @@ def build_hdf5(
         def batches(log: ProblemLog, parsed: Iterable[ParsedBlock]):
             return source.batches(membership, group_names, log, parsed)
 
-    return _build(
-        source,
-        parsed_blocks,
-        batches,
-        group_names,
-        out,
-        report,
-        text_tokenizer=text_tokenizer,
-        text_max_len=text_max_len,
-        reencode_quality=reencode_quality,
-        on_bad_image=on_bad_image,
-        check_images=check_images,
-        workers=workers,
-        options=options,
-    )
+    lock = out.with_name(f".{out.name}.lock")  # one build per output at a time
+    with exclusive_lock(lock, f"output {out}", "bioclip build-hdf5", hint="wait for that build, or use another --out"):
+        _check_out(out, overwrite)  # again: another build may have finished it while we waited for nothing
+        return _build(
+            source,
+            parsed_blocks,
+            batches,
+            group_names,
+            out,
+            report,
+            text_tokenizer=text_tokenizer,
+            text_max_len=text_max_len,
+            reencode_quality=reencode_quality,
+            on_bad_image=on_bad_image,
+            check_images=check_images,
+            workers=workers,
+            options=options,
+        )
 
 
 def insect_metadata_path(out: str | Path) -> Path:
@@ -187,8 +193,8 @@ def build_insect(
     attrs = {"created_by": f"bioscan-clip {__version__}", "dataset": "insect", "source_root": report.root,
              "source": source.describe(), "image_bytes": "original JPEG files", "text_tokenizer": text_tokenizer or ""}  # fmt: skip
     log = ProblemLog()
-    partial = out.with_name(out.name + ".partial")
-    partial.unlink(missing_ok=True)
+    target = resolve_output(out)  # a link is followed; a folder or device is refused before any work
+    partial = temporary_name(target, "partial")  # unique to this process: no other build can delete it
     start = time.perf_counter()
     try:
         with progress_bar(len(source.table), "build-hdf5 insect", unit="rows") as bar:
@@ -197,7 +203,10 @@ def build_insect(
                                              decode=check_images == "decode", on_bad_image=on_bad_image,
                                              progress=bar.advance)  # fmt: skip
         write_insect_metadata(table_rows(source.table, stored.kept), insect_metadata_path(out))
-        os.replace(partial, out)
+        os.replace(partial, target)
+    except OSError as exc:  # e.g. the disk filled up: one sentence naming the file, no partial left
+        partial.unlink(missing_ok=True)
+        raise describe_os_error(exc, out) from None
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -209,7 +218,7 @@ def build_insect(
     report.problems = log.to_dict()
     report.seconds = round(time.perf_counter() - start, 3)
     report.rows_per_second = round(report.rows_written / report.seconds, 1) if report.seconds else 0.0
-    report.report_path.write_text(report.to_json())
+    write_text(report.report_path, report.to_json())
     return report
 
 
@@ -287,8 +296,11 @@ def _build(
         workers=workers,
     )
     log = ProblemLog()
-    partial = out.with_name(out.name + ".partial")
-    partial.unlink(missing_ok=True)
+    target = resolve_output(out)  # a link is followed; a folder or device is refused before any work
+    partial = temporary_name(target, "partial")  # unique to this process: no other build can delete it
+    # under the output's lock no other build is writing it: partial files left here are a crashed build's
+    for stale in (out.with_name(out.name + ".partial"), *target.parent.glob(f".{target.name}.*.partial")):
+        stale.unlink(missing_ok=True)
     attrs = {
         "created_by": f"bioscan-clip {__version__}",
         "dataset": report.dataset,
@@ -327,14 +339,26 @@ def _build(
                 text_max_len=text_max_len,
                 on_bad_image=on_bad_image,
             )
-        os.replace(partial, out)
+        fd = os.open(partial, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(partial, target)
+    except OSError as exc:  # e.g. the disk filled up: one sentence naming the file, no partial left
+        partial.unlink(missing_ok=True)
+        raise describe_os_error(exc, out) from None
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
     report.problems = log.to_dict()
     report.seconds = round(time.perf_counter() - start, 3)
     report.rows_per_second = round(report.rows_written / report.seconds, 1) if report.seconds else 0.0
-    report.report_path.write_text(report.to_json())
+    if report.rows_written == 0:
+        report.warnings.append(
+            f"no rows were written: every group of {out} is empty ({report.metadata_rows} metadata row(s) read)"
+        )
+    write_text(report.report_path, report.to_json())
     return report
 
 

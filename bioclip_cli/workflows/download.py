@@ -40,6 +40,7 @@ from bioclip_cli.data.transfer import (
 )
 from bioclip_cli.data.unpack import archive_size, unpack
 from bioclip_cli.errors import BioclipError, ChecksumMismatch, DataError, Interrupted, MissingArtifact
+from bioclip_cli.models.file_format import check_format, expected_format, looks_like
 from bioclip_cli.progress import is_quiet, progress_bar
 
 
@@ -88,6 +89,7 @@ class DownloadResult:
     done: bool = False
     size: int | None = None
     error: BioclipError | None = None
+    verification: str = ""  # how the bytes in place were checked: verified, format-checked or unverified
 
     def row(self) -> dict:
         art = self.planned.artifact
@@ -220,7 +222,12 @@ def file_status(pf: PlannedFile) -> tuple[str, bool]:
         if art.hub_checksum:
             return "present (sha256 checked against the hub when downloading)", False
         if art.checksum is None and art.size is None:
-            return "present, unverified (no checksum published)", True
+            fmt = expected_format(pf.dest)
+            if fmt is None:
+                return "present, unverified (no checksum published)", True
+            if not looks_like(pf.dest, fmt):  # e.g. an error page saved by an earlier version
+                return f"present but not a {fmt} file: will download again", False
+            return "present (no checksum published; format checked when downloaded)", True
         if verify_file(pf.dest, art.size, art.checksum):
             verified = art.checksum.kind if art.checksum else "size"
             return (f"present, {verified} verified" + (", not unpacked" if pf.unpack_into else "")), not pf.unpack_into
@@ -341,18 +348,40 @@ def _verify_snapshot(snapshot: Path) -> int:
     return verified
 
 
-def _fetch_file(pf: PlannedFile, settings: TransferSettings, on_bytes) -> DownloadResult:
+def _fetch_file(
+    pf: PlannedFile, settings: TransferSettings, on_bytes, allow_unverified: bool = False
+) -> DownloadResult:
     art = pf.artifact
     checksum, exact = art.checksum, art.size
     if art.hub_checksum:
         checksum, exact = _hub_checksum(pf, settings)
         if pf.dest.is_file() and checksum is not None and verify_file(pf.dest, exact, checksum):
-            return DownloadResult(pf, "skipped: present, sha256 verified against the hub", True, exact)
+            return DownloadResult(
+                pf, "skipped: present, sha256 verified against the hub", True, exact, None, "verified"
+            )
+        if checksum is None and not allow_unverified:
+            raise TransferError(
+                pf.url,
+                f"the source gives no readable sha256 for {pf.url}, so {pf.dest.name} cannot be verified",
+                "try again later, or pass --allow-unverified to accept it after a format check",
+                try_next_source=False,
+            )
+    fmt = expected_format(pf.dest) if checksum is None else None
+    if fmt is not None and pf.dest.is_file() and not looks_like(pf.dest, fmt):
+        os.replace(pf.dest, pf.dest.with_name(pf.dest.name + ".bad"))  # not a fmt file: fetch it again
+    checked: list[str] = []
+
+    def check(part: Path) -> None:
+        checked.append(check_format(part, pf.dest))
+
     errors: list[TransferError] = []
     for url in pf.urls:
+        if any(e.message == _unreachable_host_message(e, url) for e in errors):
+            continue  # the same host already refused: asking it again only repeats the message
         try:
             result = fetch(url, pf.dest, size=exact, checksum=checksum, settings=settings,
-                           allow_http=pf.mirror is not None, on_bytes=on_bytes)  # fmt: skip
+                           allow_http=pf.mirror is not None, on_bytes=on_bytes,
+                           check=check if fmt is not None else None)  # fmt: skip
         except TransferError as exc:
             errors.append(exc)
             if exc.try_next_source:
@@ -360,18 +389,28 @@ def _fetch_file(pf: PlannedFile, settings: TransferSettings, on_bytes) -> Downlo
             raise
         if result.skipped:
             return DownloadResult(pf, "skipped: already present", not pf.unpack_into, result.size)
+        size_note = "size checked; " if exact is not None else ""
         if checksum:
-            how = f"{checksum.kind} verified"
+            how, level = f"{checksum.kind} verified", "verified"
+        elif checked:
+            source = "the source gave no hub sha256" if art.hub_checksum else "no checksum published"
+            how, level = f"format-checked: {checked[0]} ({size_note}{source})", "format-checked"
         elif art.hub_checksum:
-            how = "unverified (the source gave no hub sha256; size checked)"
+            how, level = f"unverified ({size_note}the source gave no hub sha256)", "unverified"
         else:
-            how = "unverified (no checksum published; size checked)"
+            how, level = f"unverified ({size_note}no checksum published)", "unverified"
         resumed = f", resumed at {format_size(result.resumed_from)}" if result.resumed_from else ""
-        return DownloadResult(pf, f"downloaded, {how}{resumed}", not pf.unpack_into, result.size)
-    if len(errors) == 1:
+        return DownloadResult(pf, f"downloaded, {how}{resumed}", not pf.unpack_into, result.size, None, level)
+    if len({e.message for e in errors}) == 1:
         raise errors[0]
-    tried = "; ".join(e.message for e in errors)
+    tried = "; ".join(dict.fromkeys(e.message for e in errors))
     raise TransferError(pf.url, f"no source of {pf.name} worked: {tried}", MIRROR_HINT)
+
+
+def _unreachable_host_message(error: TransferError, url: str) -> str | None:
+    """`error`'s message when it says that the host of `url` cannot be reached at all, else None."""
+    host = urlsplit(url).netloc
+    return error.message if error.message.startswith(f"cannot reach {host} (") else None
 
 
 def _unpack_archive(pf: PlannedFile, result: DownloadResult) -> DownloadResult:
@@ -400,12 +439,15 @@ def download(
     jobs: int = 2,
     dry_run: bool = False,
     settings: TransferSettings | None = None,
+    allow_unverified: bool = False,
 ) -> list[DownloadResult]:
     """Fetch (or with `dry_run`, only inspect) every planned file; results in plan order.
 
     Verified files are skipped without a request. Up to `jobs` files download at once, then archives
     are unpacked. Failures do not stop the other files: each is returned in its result's `error`
-    (see :func:`raise_failures`). Refuses up front when a source is not HTTPS (without a mirror) or
+    (see :func:`raise_failures`). Files without a published checksum are format-checked before the rename
+    (:mod:`bioclip_cli.models.file_format`); a hub file whose sha256 cannot be read fails unless
+    `allow_unverified`. Refuses up front when a source is not HTTPS (without a mirror) or
     the disk is too small.
     """
     settings = settings or TransferSettings.from_env()
@@ -436,7 +478,7 @@ def download(
         try:
             if pf.artifact.kind == "hf-model":
                 return _fetch_model(pf)
-            return _fetch_file(pf, settings, on_bytes)
+            return _fetch_file(pf, settings, on_bytes, allow_unverified)
         except BioclipError as exc:
             return DownloadResult(pf, "failed", error=exc)
         except OSError as exc:  # local disk trouble while writing
@@ -491,9 +533,20 @@ def raise_failures(results: list[DownloadResult]) -> None:
         raise failed[0].error
     names = ", ".join(r.planned.name for r in failed)
     first = failed[0].error
+    if len({r.error.message.split(" (")[0] for r in failed}) == 1 and first.message.startswith("cannot reach "):
+        raise BioclipError(f"{len(failed)} of {len(results)} downloads failed ({names}): {first.message}", first.hint)
     raise BioclipError(
         f"{len(failed)} of {len(results)} downloads failed ({names}); first: {first.message}", first.hint
     )
+
+
+def verification_counts(results: list[DownloadResult]) -> dict[str, int]:
+    """How the files fetched now were checked: {verified, format-checked, unverified} -> count."""
+    counts = {"verified": 0, "format-checked": 0, "unverified": 0}
+    for r in results:
+        if r.error is None and r.verification in counts:
+            counts[r.verification] += 1
+    return counts
 
 
 def next_command(target: str, what: str | None, root: str | Path, results: list[DownloadResult]) -> str | None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -33,16 +34,17 @@ from pathlib import Path
 
 import numpy as np
 
-from bioclip_cli.atomic_write import write_text
+from bioclip_cli.atomic_write import check_free_space, write_text
 from bioclip_cli.config import load_config, save_config, to_dict
 from bioclip_cli.config.schema import RunConfig
 from bioclip_cli.data.datasets import EvalDataset
-from bioclip_cli.data.embedding_file import EmbeddingFileWriter, embedding_file_paths
+from bioclip_cli.data.embedding_file import EmbeddingFileWriter, embedding_file_paths, estimated_bytes
 from bioclip_cli.data.hdf5 import BioscanH5
 from bioclip_cli.errors import BioclipError, ConfigError, DataError
 from bioclip_cli.models.device import resolve_device
 from bioclip_cli.models.encode import build_embedding_model, encode_rows, encode_specimens, lora_merged_if
 from bioclip_cli.progress import Bar, progress_bar
+from bioclip_cli.run_lock import run_lock
 from bioclip_cli.runs.run_dir import RunDir, default_run_dir, resolve_run, run_checkpoint
 
 ROLES: tuple[str, ...] = ("seen", "unseen", "key")
@@ -190,7 +192,18 @@ def embed(
     plan: EmbedPlan, *, split: str = "val", dtype: str | None = None, batch_size: int | None = None
 ) -> EmbedResult:
     """Encode the `split` queries and the keys with the plan's model; write the published files under
-    `plan.out/embeddings/`. Run it under `accelerate launch` to encode with several processes."""
+    `plan.out/embeddings/`. Run it under `accelerate launch` to encode with several processes.
+
+    The output run directory is held exclusively meanwhile (:func:`bioclip_cli.run_lock.run_lock`)."""
+    with run_lock(plan.out, "bioclip embed", on_takeover=_note):
+        return _embed_locked(plan, split=split, dtype=dtype, batch_size=batch_size)
+
+
+def _note(text: str) -> None:
+    print(f"Note: {text}", file=sys.stderr)
+
+
+def _embed_locked(plan: EmbedPlan, *, split: str, dtype: str | None, batch_size: int | None) -> EmbedResult:
     cfg = plan.cfg
     dtype = dtype or cfg.eval.dtype
     if dtype not in DTYPES:
@@ -245,6 +258,10 @@ def embed(
                 _write_info(info_path, info)
         return result
 
+    needed = estimated_bytes({r: result.rows[r] for r in todo}, dict.fromkeys(cfg.model.modalities, cfg.model.output_dim),
+                             dtype)  # fmt: skip
+    if main:  # refuse before encoding anything, not after hours of it
+        check_free_space(out_dir, h5_path, needed)
     model = build_embedding_model(cfg, plan.checkpoint).to(accelerator.device)
     start = time.perf_counter()
     batch = batch_size or cfg.eval.batch_size
@@ -271,9 +288,16 @@ def embed(
             writer.finalize()
             info["complete"] = True
             _write_info(info_path, info)
+    except OSError as exc:  # e.g. the disk filled up: no half-written file is left, one sentence
+        if writer is not None:
+            raise writer.discard(exc, needed) from None
+        raise
     finally:
         if writer is not None:
-            writer.close()
+            try:
+                writer.close()  # flushes: on a full disk this is where h5py fails
+            except OSError as exc:
+                raise writer.discard(exc, needed) from None
     accelerator.wait_for_everyone()
     result.seconds = time.perf_counter() - start
     return result

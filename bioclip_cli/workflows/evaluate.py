@@ -14,6 +14,7 @@ from bioclip_cli.data.embedding_file import embedding_file_paths
 from bioclip_cli.errors import BioclipError, DataError
 from bioclip_cli.retrieval.eval_result import EvalResult
 from bioclip_cli.retrieval.evaluation import evaluate_embeddings
+from bioclip_cli.run_lock import run_lock
 from bioclip_cli.runs.run_dir import RunDir, check_run_exists
 
 
@@ -62,7 +63,8 @@ def evaluate_run(
             )
         return evaluate_embeddings(embeddings, labels, **options)
     embeddings, labels = run_embedding_paths(run, split)
-    result = evaluate_embeddings(embeddings, labels, **options)
-    result.inputs.update(run=str(run), split=split)
-    write_text(run_results_path(run, split), json.dumps(result.to_json(per_class=False), indent=2) + "\n")
+    with run_lock(run, "bioclip eval"):  # no train or embed rewrites the run meanwhile
+        result = evaluate_embeddings(embeddings, labels, **options)
+        result.inputs.update(run=str(run), split=split)
+        write_text(run_results_path(run, split), json.dumps(result.to_json(per_class=False), indent=2) + "\n")
     return result

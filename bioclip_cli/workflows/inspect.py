@@ -35,6 +35,8 @@ _COVERED = [
 def inspect_file(path: str | Path) -> dict:
     """Summary of a dataset or embedding HDF5 (see the module docstring)."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(path, f"{path} is a folder, not an HDF5 file", "give the path of a .hdf5 file inside it")
     h5 = BioscanH5(path)
     try:
         names = h5.group_names()
@@ -63,6 +65,8 @@ def _inspect_dataset(h5: BioscanH5, names: list[str]) -> dict:
         row, group_species = _dataset_group_row(group)
         rows.append(row)
         species[name] = group_species
+        if row["rows"] == 0:
+            checks.append(_check("rows", name, False, f"group {name} is empty (0 rows)"))
         lengths = {ds: int(group.dataset(ds).shape[0]) for ds in group.names()}
         if len(set(lengths.values())) > 1:
             checks.append(_check("equal lengths", name, False, f"group {name}: datasets differ in length: {lengths}"))

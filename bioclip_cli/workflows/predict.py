@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from bioclip_cli.config.schema import LEVELS
+from bioclip_cli.data.dna import gap_count, strip_gaps
 from bioclip_cli.data.embedding_file import FEATURE_DATASETS, embedding_file_paths, read_embedding_file
 from bioclip_cli.data.fasta import barcode_problem, clean_barcode, read_fasta
 from bioclip_cli.data.taxonomy import NOT_CLASSIFIED
@@ -274,12 +275,20 @@ def _prepare(inputs: list[QueryInput], cfg) -> tuple[list[Prediction], dict, dic
             else:
                 pixels[i] = tensor
         if q.dna is not None:
-            seq = clean_barcode(q.dna)
+            given = clean_barcode(q.dna)
+            gaps = gap_count(given) if d.gaps == "strip" else 0
+            seq = strip_gaps(given) if gaps else given  # aligned FASTA: read as the sequence it aligns, as in training
             problem = barcode_problem(seq, d.k, d.max_len)
+            if problem and gaps and problem.startswith("not a DNA sequence"):  # positions as the user wrote them
+                problem = barcode_problem(given.replace(".", "-"), d.k, d.max_len)
             if problem:
                 problems.append(f"barcode {q.dna_name}: {problem}" if q.image is not None else problem)
             else:
                 barcodes[i] = seq
+                if gaps:
+                    predictions[i].notes.append(
+                        f"barcode {q.dna_name}: removed {gaps} alignment gap character(s) ('-', '.') before embedding"
+                    )
                 if len(seq) > d.max_len:
                     predictions[i].notes.append(
                         f"barcode {q.dna_name} has {len(seq)} nt; the model reads its first {d.max_len} (as in training)"
@@ -309,7 +318,7 @@ def _embed(cfg, checkpoint: Path, device: str | None, batch_size: int, pixels: d
         return model.encode_image(torch.stack([pixels[i] for i in rows]).to(dev))
 
     def dna_batch(rows):
-        ids, mask = kmer_tokenize([barcodes[i] for i in rows], d.k, d.max_len, d.prefix_id)
+        ids, mask = kmer_tokenize([barcodes[i] for i in rows], d.k, d.max_len, d.prefix_id, d.gaps)
         return model.encode_dna(torch.from_numpy(ids).to(dev), torch.from_numpy(mask).to(dev))
 
     bar_ctx = progress_bar(len(pixels) + len(barcodes), "Embedding inputs", unit="inputs")

@@ -35,13 +35,17 @@ from typing import TYPE_CHECKING, Any
 
 from bioclip_cli.config import load_config, load_run_config, save_config, to_dict
 from bioclip_cli.config.schema import MODALITIES, RunConfig
-from bioclip_cli.errors import BioclipError, ConfigError, DataError, Interrupted
+from bioclip_cli.errors import BioclipError, ConfigError, Interrupted
 from bioclip_cli.retrieval.eval_result import EvalResult
+from bioclip_cli.run_lock import run_lock
 from bioclip_cli.runs.accelerator import training_accelerator
 from bioclip_cli.runs.resume import (
     NOTHING_TO_RESUME_HINT,
     changed_settings,
+    check_data,
+    check_init,
     check_run_dir,
+    check_trainable,
     flat_settings,
     resumed_progress,
 )
@@ -113,46 +117,6 @@ def resume_config(run_dir: str | Path, files=(), sets=()) -> RunConfig:
             "resume", f"nothing to resume in {run.root}: it has no config.yaml", "start it without --resume"
         )
     return load_config(str(run.config), list(files), list(sets))
-
-
-def check_data(cfg: RunConfig) -> int:
-    """The HDF5 and every group training reads exist; returns the training group's rows."""
-    from bioclip_cli.data.hdf5 import BioscanH5
-
-    if cfg.data.dataset == "insect" and not Path(cfg.data.hdf5).is_file():
-        raise DataError(
-            cfg.data.hdf5,
-            f"dataset file {cfg.data.hdf5} does not exist",
-            f"bioclip download insect --root data/ && bioclip build-hdf5 insect --root data/ --out {cfg.data.hdf5}",
-        )
-    with BioscanH5(cfg.data.hdf5) as h5:
-        n_train = len(h5.group(cfg.data.train_group))
-        for group in (cfg.data.key_group, *cfg.data.val_groups):
-            h5.group(group)
-    return n_train
-
-
-def check_init(cfg: RunConfig) -> None:
-    """The starting checkpoint (`model.checkpoint`, `--init`) exists when one is named."""
-    path = cfg.model.checkpoint
-    if path and not Path(path).exists():
-        raise ConfigError(
-            "model.checkpoint",
-            f"the starting checkpoint {path} (model.checkpoint) does not exist",
-            f"download it with `bioclip download checkpoints --preset {cfg.name}`, pass --init FILE, "
-            "or --init none to start from the pretrained encoders",
-        )
-
-
-def _check_trainable(cfg: RunConfig) -> None:
-    if not cfg.train.enabled:
-        raise ConfigError(
-            "train.enabled",
-            f"{cfg.name} is an untrained baseline (train.enabled: false): there is nothing to train",
-            f"embed it instead: bioclip embed --preset {cfg.name}",
-        )
-    if len(cfg.model.modalities) < 2:
-        raise ConfigError("model.modalities", "contrastive training needs at least two modalities")
 
 
 # ------------------------------------------------------------------------------------------ the parts
@@ -433,9 +397,10 @@ def log_step(
 def train_epoch(
     cfg: RunConfig, run: RunDir, trainer: Trainer, schedule: Schedule, progress: TrainProgress,
     metrics: MetricsLog, stop: StopRequest, saved: _Saved | None,
-) -> bool:  # fmt: skip
-    """Train the rest of epoch `progress.epoch` (from `progress.batch`), or up to the last step; True when a
-    Ctrl-C (on any process) ended it early."""
+) -> tuple[bool, int]:  # fmt: skip
+    """Train the rest of epoch `progress.epoch` (from `progress.batch`), or up to the last step. Returns
+    whether a Ctrl-C (on any process) ended it early, and the rows this process skipped for an unreadable
+    image (`data.bad_images: skip`)."""
     import torch
 
     from bioclip_cli.data.datasets import batch_to_device, collate
@@ -454,6 +419,7 @@ def train_epoch(
     model.train()
     micro_losses: list = []
     stats: StepStats | None = None
+    skipped = 0
     throughput = _Throughput()
     title = f"epoch {epoch + 1}/{tc.epochs}"
     main = accelerator.is_main_process
@@ -465,7 +431,8 @@ def train_epoch(
             batch = next(batches, None)
             throughput.data_s += time.perf_counter() - fetch
             if batch is None:
-                return False
+                return False, skipped
+            skipped += tc.batch_size - len(batch["index"])  # unreadable images (data.bad_images)
             batch = batch_to_device(batch, device, cfg.data.image)  # uint8 images -> float here
             with accelerator.accumulate(model):
                 loss = trainer.loss_fn(model(batch), raw.logit_scale)
@@ -486,7 +453,7 @@ def train_epoch(
             if progress.step % tc.log_every == 0 or progress.step == schedule.total_steps:
                 log_step(cfg, trainer, schedule, progress, epoch, stats, throughput, metrics, bar)
             if stats.stop_requested or progress.step >= schedule.total_steps:
-                return stats.stop_requested
+                return stats.stop_requested, skipped
 
 
 def fit(
@@ -497,11 +464,12 @@ def fit(
     stopped ("finished" or "max_steps") and the last validation result (main process)."""
     tc, accelerator = cfg.train, trainer.accelerator
     n_batches = schedule.batches_per_epoch
-    stopped, last_eval = "finished", None
+    stopped, last_eval, skipped_images = "finished", None, 0
     start_time, seconds_before = time.perf_counter(), progress.seconds
     with StopRequest() as stop:
         while progress.epoch < tc.epochs and progress.step < schedule.total_steps:
-            interrupted = train_epoch(cfg, run, trainer, schedule, progress, metrics, stop, saved)
+            interrupted, skipped = train_epoch(cfg, run, trainer, schedule, progress, metrics, stop, saved)
+            skipped_images += skipped
             progress.seconds = seconds_before + time.perf_counter() - start_time
             epoch_done = progress.batch >= n_batches
             if epoch_done:
@@ -532,6 +500,8 @@ def fit(
                     f"{run.resume_state}",
                     f"continue with: bioclip train --out {run.root} --resume",
                 )
+    if skipped_images and accelerator.is_main_process:
+        events.message(f"skipped {skipped_images} training row(s) with unreadable images (data.bad_images: skip)")
     return stopped, last_eval
 
 
@@ -553,10 +523,18 @@ def _record_validation(
 def train(
     cfg: RunConfig, run_dir: str | Path | None = None, *, resume: bool = False, events: TrainEvents | None = None
 ) -> TrainResult:
-    """Train `cfg` into `run_dir` (default `runs/<cfg.name>`); `resume=True` continues its saved state."""
+    """Train `cfg` into `run_dir` (default `runs/<cfg.name>`); `resume=True` continues its saved state.
+
+    The run directory is held exclusively for the whole call (:func:`bioclip_cli.run_lock.run_lock`)."""
     events = events or TrainEvents()
-    _check_trainable(cfg)
-    run = RunDir(Path(run_dir) if run_dir is not None else default_run_dir(cfg.name))
+    root = Path(run_dir) if run_dir is not None else default_run_dir(cfg.name)
+    with run_lock(root, "bioclip train", on_takeover=events.message):
+        return _train_locked(cfg, root, resume=resume, events=events)
+
+
+def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, events: TrainEvents) -> TrainResult:
+    check_trainable(cfg)
+    run = RunDir(run_dir)
     check_run_dir(run, resume)
     n_train = check_data(cfg)
     check_init(cfg)
@@ -577,7 +555,7 @@ def train(
             return TrainResult(run.root, progress.epoch, progress.step, progress.samples, progress.seconds,
                                "already complete", _best_info(cfg, progress), is_main=main)  # fmt: skip
 
-    if main:
+    if main and not resume:
         save_config(cfg, run.config)
     metrics = MetricsLog(run.metrics, main, fresh=not resume, keep_until_step=progress.step if resume else None)
     trainer = setup(cfg, accelerator, schedule)
@@ -587,6 +565,7 @@ def train(
     if resume:
         restore(accelerator, run, changes)
         if main:
+            save_config(cfg, run.config)  # only now: a refused resume leaves the run's configuration as it was
             events.message(
                 f"resuming {run.root} at epoch {progress.epoch + 1}, batch {progress.batch} of "
                 f"{schedule.batches_per_epoch} (step {progress.step})"
