@@ -1,4 +1,4 @@
-"""GPU check, within 5 minutes on one CUDA device: full-size training, embedding and 5M-scale search.
+"""GPU check, within 7 minutes on one CUDA device: full-size training, embedding and 5M-scale search.
 
 1. A few bf16-autocast training steps of the full-size image+DNA+text model (idt-5m shapes: ViT-B/16,
    BarcodeBERT-base, BERT-small; random weights, no download) on a synthetic batch of 256, for the v1
@@ -7,12 +7,17 @@
 3. Exact top-5 search at the BIOSCAN-5M validation scale (14,757 + 8,819 queries, 325,668 keys, 768-d):
    faiss-gpu when this faiss build sees the GPU, else the torch path of `FlatIndex`; its neighbour lists are
    compared with a float64 CPU reference on 256 queries.
+4. The bf16-screened exact search (docs/lowp_search.md) at the same scale: its speed against the plain
+   float32 search of 3 (faiss-gpu or torch) and the share of identical top-5 lists.
+5. Gradient caching (`train.micro_batch_size`): CUDA max allocated of a bf16 step of the full-size v1
+   model at batch 400 in micro-batches of 25, against plain steps of 25 and of 400 (target 1.3x the
+   memory of 25, 1.4x the time of 400).
 
 Prints one table. Exit codes: 0 every check passed; 1 a check failed (its row says why); 2 no CUDA device
 (or torch missing): this script never skips a check silently. Installs nothing: run it in the project's
 environment (or one with torch, transformers, peft, accelerate, pyyaml), from the checkout:
 
-    bash bench/gpu_check.sh [--budget 300] [--batch 256] [--steps 5]
+    bash bench/gpu_check.sh [--budget 420] [--batch 256] [--steps 5] [--gc-batch 400] [--gc-micro 25]
 """
 
 from __future__ import annotations
@@ -246,12 +251,96 @@ def check_search(report: Report, device, queries_n: int, keys_n: int, sample: in
     )
 
 
+def check_screened_search(report: Report, device, queries_n: int, keys_n: int) -> None:
+    """The bf16-screened exact search (screen on the GPU, faiss CPU rescoring) against the plain float32
+    search on the GPU (faiss-gpu, else torch): time ratio and the share of identical top-5 lists."""
+    import torch
+
+    from bioclip_cli.retrieval.screened_search import ScreenedIndex
+    from bioclip_cli.retrieval.search import FlatIndex, l2_normalize
+
+    request, backend_note = search_backend()
+    g = torch.Generator(device=device).manual_seed(1)
+    keys = l2_normalize(torch.randn(keys_n, WIDTH, device=device, generator=g).cpu().numpy())
+    queries = l2_normalize(torch.randn(queries_n, WIDTH, device=device, generator=g).cpu().numpy())
+    plain = FlatIndex(keys, device=request, normalize=False)
+    plain.search(queries[:1024], TOP_K, normalize=False)  # warm-up
+    screened = ScreenedIndex(keys, normalize=False, device="cuda")
+    screened.search(queries[:1024], TOP_K, normalize=False)
+    timings = {}
+    for name, index in (("plain", plain), ("screened", screened), ("plain2", plain)):
+        _sync()
+        t = time.perf_counter()
+        _, timings[f"{name}_ids"] = index.search(queries, TOP_K, normalize=False)
+        _sync()
+        timings[name] = time.perf_counter() - t
+    plain_s = (timings["plain"] + timings["plain2"]) / 2
+    same = float((timings["screened_ids"] == timings["plain_ids"]).all(axis=1).mean())
+    report.add(
+        "screened exact search, top-5",
+        f"{queries_n:,} x {keys_n:,} x {WIDTH}, vs {backend_note} float32",
+        f"{plain_s / timings['screened']:.2f}x the speed",
+        f"screened {timings['screened']:.2f} s, plain {plain_s:.2f} s (mean of two runs around it); "
+        f"{100 * same:.3f}% identical top-5 lists; {screened.stats.mean_candidates:.1f} keys rescored per query, "
+        f"{screened.stats.fallback_groups} fallbacks",
+        ok=same >= 0.9999,
+    )
+    del plain, screened
+
+
+def check_gradcache(report: Report, preset: str, batch: int, micro: int, device) -> None:
+    """CUDA max allocated of one bf16 training step: batch in micro-batches (gradient caching) vs a plain
+    step on a micro-batch and on the whole batch (when it fits)."""
+    import torch
+
+    from bioclip_cli.models.grad_cache import grad_cache_step
+    from bioclip_cli.models.loss import ClipLoss
+
+    cfg, model = full_size_model(preset, device)
+    model.train()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    loss_fn = ClipLoss()
+    results = {}
+    for name, n, cached in (("plain-m", micro, False), ("cached", batch, True), ("plain-B", batch, False)):
+        data = synthetic_batch(n, device)
+        try:
+            for step in range(2):  # the second step has Adam's state allocated
+                torch.cuda.reset_peak_memory_stats()
+                _sync()
+                t = time.perf_counter()
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    if cached:
+                        grad_cache_step(model, data, loss_fn, lambda m=model: m.logit_scale, micro)
+                    else:
+                        loss_fn(model(data), model.logit_scale).backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                _sync()
+            results[name] = (torch.cuda.max_memory_allocated() / 2**30, time.perf_counter() - t)
+        except torch.cuda.OutOfMemoryError:
+            results[name] = (float("nan"), float("nan"))
+        del data
+        torch.cuda.empty_cache()
+    (mem_m, _), (mem_c, t_c), (mem_b, t_b) = results["plain-m"], results["cached"], results["plain-B"]
+    report.add(
+        "gradient caching, bf16 step",
+        f"{preset}, batch {batch} in micro-batches of {micro}",
+        f"{mem_c / mem_m:.2f}x the memory of a batch of {micro}",
+        f"max allocated: cached {mem_c:.2f} GiB, plain {micro} {mem_m:.2f} GiB, plain {batch} {mem_b:.2f} GiB; "
+        f"step {t_c:.2f} s vs plain {batch} {t_b:.2f} s ({t_c / t_b:.2f}x; targets 1.3x memory, 1.4x time)",
+        ok=mem_c / mem_m <= 1.3,
+    )
+    del model, optimizer
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=300.0, help="seconds for all checks (default 300)")
+    parser.add_argument("--budget", type=float, default=420.0, help="seconds for all checks (default 420)")
     parser.add_argument("--batch", type=int, default=256, help="training and embedding batch (default 256)")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per recipe (default 5)")
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the 5M search shapes (default 1)")
+    parser.add_argument("--gc-batch", type=int, default=400, help="gradient-caching batch (default 400, v1)")
+    parser.add_argument("--gc-micro", type=int, default=25, help="gradient-caching micro-batch (default 25)")
     args = parser.parse_args(argv)
     try:
         import torch
@@ -285,6 +374,10 @@ def main(argv: list[str] | None = None) -> int:
     report.run("embedding throughput", "model build", 40, lambda: check_embedding(report, args.batch, device))
     n_q, n_k = (max(TOP_K + 1, int(n * args.scale)) for n in (SEEN + UNSEEN, KEYS))
     report.run("exact search, top-5", f"{n_q:,} x {n_k:,}", 40, lambda: check_search(report, device, n_q, n_k))
+    report.run("screened exact search, top-5", f"{n_q:,} x {n_k:,}", 60,
+               lambda: check_screened_search(report, device, n_q, n_k))  # fmt: skip
+    report.run("gradient caching, bf16 step", f"idt-5m, batch {args.gc_batch}", 60,
+               lambda: check_gradcache(report, "idt-5m", args.gc_batch, args.gc_micro, device))  # fmt: skip
     print()
     print(report.table())
     print(f"\n{len(report.rows) - report.failed} passed, {report.failed} failed in {report.elapsed():.0f} s")

@@ -44,6 +44,8 @@ BENCHES: dict[str, tuple[str | None, object, object]] = {
     "models": ("bench_models.py", {"batch": 2, "iters": 1, "rounds": 2, "merged": True}, {"merged": True}),
     "retrieval": ("bench_retrieval.py", {"scale": 0.02}, {}),
     "train": ("bench_train.py", ["--only", "tiny", "--steps", "6"], []),
+    "gradcache": ("bench_gradcache.py", {"preset": "tiny", "batch": 32, "micro": 8, "threads": 1},
+                  {"batch": 16, "micro": 4, "steps": 1, "threads": 1}),
     "bzsl": ("bench_bzsl.py", {"scale": 0.1, "baseline_classes": 4}, {}),
     "demo": (None, {"epochs": 1, "step_rounds": 2}, {}),
 }
@@ -215,7 +217,7 @@ def rows_models(r: dict) -> list[dict]:
 
 def rows_retrieval(r: dict) -> list[dict]:
     scale = f"{r['queries']:,} queries x {r['keys']:,} keys x {r['width']}"
-    return [
+    rows = [
         _row("retrieval", f"faiss exact top-5 search s ({scale})", r["search_s"], r["torch_matmul_topk_s"],
              "torch matmul + topk, same shapes", r["search_vs_torch"], "time ours / baseline (lower is faster)"),
         _row("retrieval", "metrics s (labels + micro/macro top-k + H.M.)", r["metrics_s"], r["search_s"],
@@ -223,6 +225,31 @@ def rows_retrieval(r: dict) -> list[dict]:
              r["metrics_share_of_search"] < 0.10),
         _row("retrieval", "queries with the same top-5 list as torch", r["same_neighbour_lists"], 1.0,
              "all queries", r["same_neighbour_lists"], "share"),
+    ]  # fmt: skip
+    if "screened_total_s" not in r:
+        return rows
+    return rows + [
+        _row("retrieval", f"screened exact top-5 s, build + search ({scale})", r["screened_total_s"],
+             r["build_s"] + r["search_s"], "faiss IndexFlatIP, build + search, same process",
+             r["faiss_vs_screened"], "faiss time / screened time (higher is faster)", ">= 1.8",
+             r["faiss_vs_screened"] >= 1.8),
+        _row("retrieval", "queries with the same top-5 list as faiss (screened)", r["screened_same_lists"], 1.0,
+             "all queries", r["screened_same_lists"], "share", "1.0", r["screened_same_lists"] == 1.0),
+    ]  # fmt: skip
+
+
+def rows_gradcache(r: dict) -> list[dict]:
+    b, m = r["batch"], r["micro"]
+    return [
+        _row("gradcache", f"{r['preset']}: peak RSS MiB, batch {b} in micro-batches of {m}", r["cached_peak_rss_mib"],
+             r["plain-m_peak_rss_mib"], f"a plain step on a batch of {m}", r["memory_vs_plain_micro"],
+             "cached / plain-m", "<= 1.3", r["memory_vs_plain_micro"] <= 1.3),
+        _row("gradcache", f"{r['preset']}: step s, batch {b} in micro-batches of {m}", r["cached_step_s"],
+             r["plain-B_step_s"], f"a plain step on the batch of {b}", r["time_vs_plain_batch"],
+             "cached / plain-B", "<= 1.4", r["time_vs_plain_batch"] <= 1.4),
+        _row("gradcache", f"{r['preset']}: activation MiB per sample (derived)", r["activation_mib_per_sample"],
+             r["plain-B_peak_rss_mib"], f"peak RSS of the plain batch of {b}", r["memory_vs_plain_batch"],
+             "cached / plain-B memory"),
     ]  # fmt: skip
 
 
@@ -267,7 +294,7 @@ def rows_bzsl(r: dict) -> list[dict]:
 
 
 ADAPTERS = {"data": rows_data, "models": rows_models, "retrieval": rows_retrieval, "train": rows_train,
-            "demo": rows_demo, "bzsl": rows_bzsl}  # fmt: skip
+            "gradcache": rows_gradcache, "demo": rows_demo, "bzsl": rows_bzsl}  # fmt: skip
 
 
 def rows_raw(area: str, result: dict, prefix: str = "") -> list[dict]:

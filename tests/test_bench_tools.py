@@ -55,6 +55,15 @@ def test_figures_carry_baseline_and_ratio():
                  "same_neighbour_lists": 1.0}  # fmt: skip
     rows = run.figures("retrieval", retrieval)
     assert [r["ratio"] for r in rows] == [0.5, 0.05, 1.0] and rows[1]["ok"] == "yes"
+    retrieval.update(build_s=0.5, screened_total_s=1.0, faiss_vs_screened=2.5, screened_same_lists=1.0)
+    rows = run.figures("retrieval", retrieval)
+    assert [r["ratio"] for r in rows[3:]] == [2.5, 1.0] and rows[3]["ok"] == rows[4]["ok"] == "yes"
+    gradcache = {"preset": "tiny", "batch": 32, "micro": 8, "cached_peak_rss_mib": 110.0, "plain-m_peak_rss_mib": 100.0,
+                 "plain-B_peak_rss_mib": 200.0, "cached_step_s": 1.3, "plain-B_step_s": 1.0,
+                 "memory_vs_plain_micro": 1.1, "memory_vs_plain_batch": 0.55, "time_vs_plain_batch": 1.3,
+                 "activation_mib_per_sample": 4.2}  # fmt: skip
+    rows = run.figures("gradcache", gradcache)
+    assert [r["ratio"] for r in rows] == [1.1, 1.3, 0.55] and rows[0]["ok"] == rows[1]["ok"] == "yes"
     train = {"tiny": {"batch": 16, "loop_samples_per_s": 90.0, "bare_samples_per_s": 100.0, "overhead": 0.111}}
     (row,) = run.figures("train", train)
     assert row["ratio"] == pytest.approx(0.9) and row["ok"] == "yes"
@@ -79,7 +88,7 @@ def test_run_py_writes_results(tmp_path):
     text = out.read_text()
     assert text.startswith("# Benchmark results") and "## Machine" in text and "load average" in text
     figures = [ln for ln in text.splitlines() if ln.startswith("| retrieval |")]
-    assert len(figures) == 4  # three figures + the run's status row
+    assert len(figures) == 6  # five figures (faiss, metrics, torch, screened speed and lists) + the status row
     assert "torch matmul + topk, same shapes" in text
     res = subprocess.run([sys.executable, str(BENCH / "run.py"), "--only", "nope"], capture_output=True, text=True)
     assert res.returncode == 2 and "unknown bench(es) nope" in res.stderr

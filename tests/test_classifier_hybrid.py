@@ -41,7 +41,7 @@ def test_loss_decreases_and_classes_are_the_sorted_seen_species(classifier_runs,
     summary = classifier_runs["summary"]
     losses = [row["loss"] for row in summary["epochs_run"]]
     assert len(losses) == 2 and losses[1] < losses[0]
-    assert summary["group"] == "seen_keys" and summary["classes"] == 24 and summary["steps"] == 2 * (144 // 16)
+    assert summary["group"] == "seen_keys" and summary["classes"] == 89 and summary["steps"] == 2 * (154 // 16)
     info = json.loads((classifier_runs["two"] / "classifier/checkpoints/best/classes.json").read_text())
     from bioclip_cli.errors import DataError
     from bioclip_cli.workflows.classifier import training_group
@@ -93,7 +93,7 @@ def test_method_two_uses_the_classifier(classifier_runs):
     cell = all_a["results"]["image|hybrid-two"]
     assert cell["seen"]["micro"]["1"]["species"] == pytest.approx(own)
     assert cell["unseen"]["micro"]["1"]["species"] == 0.0  # only seen species come from the classifier
-    assert all_a["hybrid"]["applied_to"] == "test" and all_a["n_keys"]["classes"] == 24
+    assert all_a["hybrid"]["applied_to"] == "test" and all_a["n_keys"]["classes"] == 89
     all_b = evaluate_hybrid_run(run, "two", tau=1.0, device="cpu")["results"]["image|hybrid-two"]
     assert all_b["seen"]["micro"]["1"]["species"] == 0.0  # only unseen species come from the DNA keys
     chosen = evaluate_hybrid_run(run, "two", device="cpu")
@@ -108,7 +108,7 @@ def test_eval_hybrid_one_cli_json(classifier_runs):
     h = out["hybrid"]
     assert h["method"] == "one" and h["grid_points"] == 1000 and h["applied_to"] == "test"
     assert h["tau"] == h["val_best_tau"] and h["tau"] in np.linspace(0, 1, 1000)
-    assert out["n_queries"] == {"seen": 48, "unseen": 36} and out["n_keys"] == {"unseen": 48, "seen": 144}
+    assert out["n_queries"] == {"seen": 39, "unseen": 36} and out["n_keys"] == {"unseen": 49, "seen": 154}
     cell = out["results"]["image|hybrid-one"]
     hm = cell["harmonic_mean"]["micro"]["1"]["species"]
     s, u = cell["seen"]["micro"]["1"]["species"], cell["unseen"]["micro"]["1"]["species"]

@@ -81,12 +81,16 @@ def test_round_trip_of_the_bundled_sample(sample_h5):
 def test_sample_split_semantics(sample_h5):
     h5 = BioscanH5(sample_h5)
     species = {name: set(h5.group(name).strings("species").tolist()) for name in h5.group_names()}
-    assert species["val_seen"] == species["test_seen"] == species["seen_keys"]
+    assert species["val_seen"] == species["test_seen"] < species["seen_keys"]  # some seen species: train only
     assert species["val_seen"] <= species["all_keys"]
     assert species["val_unseen"] == species["test_unseen"] == species["unseen_keys"]
     assert not species["val_unseen"] & species["seen_keys"]  # unseen species only via key_unseen
     assert species["all_keys"] == species["seen_keys"] | species["unseen_keys"]
-    assert len(species["seen_keys"]) == 24 and len(species["unseen_keys"]) == 12
+    assert len(species["seen_keys"]) == 89 and len(species["unseen_keys"]) == 36 and len(species["val_seen"]) == 39
+    # whole genera: every unseen species is a new species of a genus that has seen species (as in BIOSCAN-5M)
+    genera = {name: set(h5.group(name).strings("genus").tolist()) for name in ("val_unseen", "seen_keys", "val_seen")}
+    assert genera["val_unseen"] <= genera["seen_keys"] and len(genera["val_unseen"]) == 36
+    assert len(genera["val_seen"]) == 36 < len(species["val_seen"])  # genera hold several seen species
 
 
 @pytest.fixture

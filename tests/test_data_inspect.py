@@ -21,12 +21,12 @@ def test_inspect_sample_dataset(sample_h5):
     sizes = reader.image_lengths()
     lengths = [len(s) for s in reader.barcodes()]
     val = rows["val_seen"]
-    assert val["rows"] == 48 and val["species"] == 24 and val["genera"] == 24
+    assert val["rows"] == 39 and val["species"] == 39 and val["genera"] == 36
     assert (val["jpeg_min"], val["jpeg_max"]) == (sizes.min(), sizes.max())
     assert val["jpeg_mean"] == round(float(sizes.mean()), 1)
     assert (val["barcode_min"], val["barcode_max"]) == (min(lengths), max(lengths))
     assert val["language_tokens"] is True and val["id_column"] == "processid"
-    assert rows["no_split_and_seen_train"]["species"] == 24  # pretrain rows have no species
+    assert rows["no_split_and_seen_train"]["species"] == 89  # pretrain rows have no species
     checks = {(c["check"], c["where"]): c["status"] for c in summary["checks"]}
     assert checks[("unseen species not in seen keys", "val_unseen")] == "ok"
     assert checks[("query species among keys", "val_seen")] == "ok"

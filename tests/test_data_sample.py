@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from collections import Counter, defaultdict
 
 from PIL import Image
@@ -15,6 +16,9 @@ COLUMNS_5M = (
     "province_state,coord-lat,coord-lon,image_measurement_value,area_fraction,scale_factor,inferred_ranks,split,"
     "index_bioscan_1M_insect,chunk"
 ).split(",")
+
+
+PLACEHOLDER = re.compile(r"\b(sp|cf|nr|aff)\.|\d")  # placeholder species names ("sp.", "cf.", numbers)
 
 
 def rows():
@@ -38,8 +42,11 @@ def test_rows_are_the_real_records(realdata):
     with open(realdata / "barcodebert_unseen" / "barcodes.csv", newline="") as fh:
         source = {r["processid"]: r for r in csv.DictReader(fh)}
     sample = rows()
-    demo = {pid for pid, r in source.items() if r["demo_subset"] == "1"}
-    assert demo <= {r["processid"] for r in sample}  # all 360 demo rows
+    labelled = [r for r in sample if r["split"] not in ("pretrain", "other_heldout")]
+    genera = {r["genus"] for r in labelled}
+    assert len(genera) == 36 and len(labelled) == 353
+    whole = {pid for pid, r in source.items() if r["genus"] in genera and not PLACEHOLDER.search(r["species"])}
+    assert whole == {r["processid"] for r in labelled}  # every named-species record of the 36 genera
     for r in sample:
         src = source[r["processid"]]
         assert r["dna_barcode"] == src["dna_barcode"] and r["sampleid"] == src["sampleid"]
@@ -57,10 +64,15 @@ def test_species_split_semantics_and_chunks():
     for r in sample:
         if r["split"] not in ("pretrain", "other_heldout"):
             splits_of[r["species"]][r["split"]] += 1
-    seen = {s for s, c in splits_of.items() if set(c) == {"train", "val", "test"}}
+    seen = {s for s, c in splits_of.items() if set(c) in ({"train", "val", "test"}, {"train"})}
     unseen = {s for s, c in splits_of.items() if set(c) == {"key_unseen", "val_unseen", "test_unseen"}}
-    assert len(seen) == 24 and len(unseen) == 12 and seen | unseen == set(splits_of)
-    assert all(sum(c.values()) == 10 for c in splits_of.values())
+    assert len(seen) == 89 and len(unseen) == 36 and seen | unseen == set(splits_of)
+    assert all(c["val"] == c["test"] == 1 for c in splits_of.values() if "val" in c)
+    assert all(c["val_unseen"] == c["test_unseen"] >= 1 for s, c in splits_of.items() if s in unseen)
+    # one unseen species per genus, and its genus also has seen species
+    genus_of = {r["species"]: r["genus"] for r in sample if r["species"]}
+    unseen_genera = [genus_of[s] for s in unseen]
+    assert len(set(unseen_genera)) == 36 and set(unseen_genera) <= {genus_of[s] for s in seen}
     for r in sample:
         path = sample_root() / "bioscan5m" / "images" / "cropped_256" / r["split"]
         expected_chunk = {"pretrain": 2, "train": 1, "other_heldout": 1}.get(r["split"], 0)

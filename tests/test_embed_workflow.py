@@ -101,7 +101,7 @@ def test_embed_then_eval_round_trip_matches_the_in_memory_evaluation(tiny_run, t
     )
     assert len(from_file["results"]) == 21  # I+D+T: every query x key pair of equal width
     assert from_file["results"] == expected.to_json()["results"]
-    assert from_file["n_queries"] == {"seen": 48, "unseen": 36} and from_file["n_keys"] == 192
+    assert from_file["n_queries"] == {"seen": 39, "unseen": 36} and from_file["n_keys"] == 203
 
 
 @pytest.mark.slow
@@ -170,7 +170,7 @@ def test_checkpoint_with_preset_and_preset_alone(tiny_run, sample_h5, tmp_path, 
     assert baseline.checkpoint is None and "untrained model" in baseline.description
     result = embed(baseline, split="test")
     assert result.groups == {"seen": "test_seen", "unseen": "test_unseen", "key": "all_keys"}
-    assert result.rows == {"seen": 48, "unseen": 36, "key": 192}
+    assert result.rows == {"seen": 39, "unseen": 36, "key": 203}
     assert (tmp_path / "untrained" / "config.yaml").is_file()  # `bioclip eval --run` and friends find it
     # the seeded random model is the tiny run's `best` (same seed, same heads)
     with h5py.File(result.h5_path, "r") as f:

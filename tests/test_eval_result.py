@@ -37,7 +37,8 @@ GOLDEN_FLAT = (
     '0.5714285714285715, "species": 0.5714285714285715}, "5": {"genus": 1.0, "species": 1.0}}, "macro": {"1": '
     '{"genus": 0.6, "species": 0.4}, "3": {"genus": 0.6, "species": 0.5714285714285715}, "5": {"genus": 1.0, '
     '"species": 1.0}}}}}, "k": [1, 3, 5], "levels": ["genus", "species"], "n_queries": {"seen": 3, "unseen": 2}, '
-    '"n_keys": 5, "inputs": {"embeddings": "arrays", "backend": "faiss-cpu (cpu)", "index": "flat"}}'
+    '"n_keys": 5, "inputs": {"embeddings": "arrays", "backend": "faiss-cpu (cpu)", "index": "flat", "search": '
+    '"screened"}}'
 )
 GOLDEN_IVF = (
     '{"results": {"dna|image": {"seen": {"micro": {"1": {"genus": 0.6666666666666666}, "2": {"genus": '

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import REPO
 
-ORDER = ["base", "config", "data", "models", "retrieval", "runs", "workflows", "pipelines", "cli"]
+ORDER = ["base", "config", "data", "models", "retrieval", "figures", "runs", "workflows", "pipelines", "cli"]
 
 
 def _layer(module: str) -> str:

@@ -14,10 +14,15 @@ What it writes (the raw BIOSCAN-5M release layout, so `bioclip build-hdf5 5m` ru
 - tokenizer/: an uncased WordPiece vocabulary (<= 512 entries) over the sample's taxonomy words;
 - README.md and LICENSE (data licence and attribution from realdata/PROVENANCE.md).
 
-Rows: the 360 `demo_subset` rows (36 species x 10) split by species into seen (pretrain/train/val/test)
-and unseen (key_unseen/val_unseen/test_unseen); extra real records of the same families as `pretrain`
-(identified to genus at most: their species is removed, as in BIOSCAN-5M's pretrain split); and records
-with placeholder species names ("sp.", "cf.") as `other_heldout`, as in BIOSCAN-5M.
+Rows: whole genera, so that genus and species accuracy tell different stories, as in BIOSCAN-5M. The
+source holds 10 records of every genus; `GENERA` of the genera with two or more named species of at least
+3 specimens are drawn (by a hash of the name), with all their records of named species. In each genus, the species with the most specimens is
+*seen* (train/val/test), the next one with at least 3 specimens is *unseen* (key_unseen/val_unseen/
+test_unseen: a new species of a known genus), a third such species is seen again, and the species with 1-2
+specimens are seen with `train` rows only (like BIOSCAN-5M's many species without validation specimens).
+Extra real records of the same families as `pretrain` (identified to genus at most: their species is
+removed, as in BIOSCAN-5M's pretrain split); and records with placeholder species names ("sp.", "cf.") as
+`other_heldout`, as in BIOSCAN-5M.
 Not shipped in the wheel; rerun it only to regenerate the sample.
 """
 
@@ -48,9 +53,10 @@ COLUMNS = [
     "dna_bin", "dna_barcode", "country", "province_state", "coord-lat", "coord-lon", "image_measurement_value",
     "area_fraction", "scale_factor", "inferred_ranks", "split", "index_bioscan_1M_insect", "chunk",
 ]  # fmt: skip
-SEEN_COUNTS = {"train": 6, "val": 2, "test": 2}  # per seen species (10 specimens)
-UNSEEN_COUNTS = {"key_unseen": 4, "val_unseen": 3, "test_unseen": 3}  # per unseen species
-PRETRAIN_PER_FAMILY = 4
+GENERA = 36  # genera drawn; each has 10 records in the source
+MIN_QUERY_SPECIES = 3  # specimens a species needs to get val and test rows (seen) or to be unseen
+PRETRAIN_PER_FAMILY = 3  # at most
+TRAINING_ROWS = 224  # train + pretrain: 14 batches of 16 (the demo), 28 of 8 (the tests)
 OTHER_HELDOUT_SPECIES = 10
 JPEG_QUALITY = 82
 HEIGHT = 256
@@ -73,38 +79,55 @@ def chunk_of(processid: str, split: str) -> str:
 # ------------------------------------------------------------------------------------ rows and splits
 
 
+def species_splits(n: int, unseen: bool) -> list[str]:
+    """The splits of a species' `n` specimens (in their hashed order)."""
+    if unseen:  # n >= MIN_QUERY_SPECIES: a third of them as val_unseen, as many as test_unseen, the rest keys
+        q = max(1, n // 3)
+        return ["key_unseen"] * (n - 2 * q) + ["val_unseen"] * q + ["test_unseen"] * q
+    if n < MIN_QUERY_SPECIES:
+        return ["train"] * n
+    return ["train"] * (n - 2) + ["val", "test"]
+
+
 def select_rows(realdata: Path) -> list[dict]:
     src = list(csv.DictReader(open(realdata / "barcodebert_unseen" / "barcodes.csv", newline="")))
-    demo = [r for r in src if r["demo_subset"] == "1"]
-    species = sorted({(r["order"], r["family"], r["genus"], r["species"]) for r in demo})
-    unseen = {s[3] for i, s in enumerate(species) if i % 3 == 2}
-    out = []
-    by_species = defaultdict(list)
-    for r in demo:
-        by_species[r["species"]].append(r)
-    for name, rows in sorted(by_species.items()):
-        rows.sort(key=lambda r: digest("order", r["processid"]))
-        counts = UNSEEN_COUNTS if name in unseen else SEEN_COUNTS
-        i = 0
-        for split, n in counts.items():
-            for r in rows[i : i + n]:
-                out.append(dict(r, split=split))
-            i += n
-    demo_ids = {r["processid"] for r in demo}
-    families = {r["family"] for r in demo}
     placeholder = re.compile(r"\b(sp|cf|nr|aff)\.|\d")
+    by_genus: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in src:
+        if not placeholder.search(r["species"]):
+            by_genus[r["genus"]][r["species"]].append(r)
+    eligible = [
+        g for g, species in by_genus.items() if sum(len(rows) >= MIN_QUERY_SPECIES for rows in species.values()) >= 2
+    ]
+    genera = sorted(eligible, key=lambda g: digest("genus-pick", g))[:GENERA]
+    out = []
+    for genus in sorted(genera):
+        species = sorted(by_genus[genus].items(), key=lambda kv: (-len(kv[1]), digest("species", kv[0])))
+        big = [name for name, rows in species if len(rows) >= MIN_QUERY_SPECIES]
+        unseen = big[1]
+        for name, rows in species:
+            rows = sorted(rows, key=lambda r: digest("order", r["processid"]))
+            for r, split in zip(rows, species_splits(len(rows), name == unseen)):
+                out.append(dict(r, split=split))
+    chosen = {r["processid"] for r in out}
+    families = {r["family"] for r in out}
     by_family = defaultdict(list)
     for r in src:
-        if r["processid"] not in demo_ids and r["family"] in families and not placeholder.search(r["species"]):
+        if r["processid"] not in chosen and r["family"] in families and not placeholder.search(r["species"]):
             by_family[r["family"]].append(r)
+    # pretrain: the families' other records, taken family by family in turn until train + pretrain fill
+    # TRAINING_ROWS (full batches of the demo and the tests, none dropped)
+    queue = []
     for fam, rows in sorted(by_family.items()):
         rows.sort(key=lambda r: digest("pretrain", r["processid"]))
-        for r in rows[:PRETRAIN_PER_FAMILY]:
-            keep_genus = digest("genus", r["processid"])[0] % 2 == 0
-            out.append(dict(r, split="pretrain", species="", genus=r["genus"] if keep_genus else ""))
+        queue += [(rank, digest("family", fam), r) for rank, r in enumerate(rows[:PRETRAIN_PER_FAMILY])]
+    n_pretrain = TRAINING_ROWS - sum(r["split"] == "train" for r in out)
+    for _, _, r in sorted(queue, key=lambda t: t[:2])[:n_pretrain]:
+        keep_genus = digest("genus", r["processid"])[0] % 2 == 0
+        out.append(dict(r, split="pretrain", species="", genus=r["genus"] if keep_genus else ""))
     held = defaultdict(list)
     for r in src:
-        if r["processid"] not in demo_ids and placeholder.search(r["species"]) and r["family"] not in families:
+        if r["processid"] not in chosen and placeholder.search(r["species"]) and r["family"] not in families:
             held[r["species"]].append(r)
     names = sorted((n for n, rows in held.items() if len(rows) >= 2), key=lambda n: digest("held", n))
     for name in names[:OTHER_HELDOUT_SPECIES]:
@@ -357,10 +380,14 @@ library as curated in BarcodeBERT (`data/unseen.tsv`), with their real processid
 |---|---|---|
 {split_table}
 
-- Seen species ({n_seen}) have 6 `train`, 2 `val` and 2 `test` specimens each; unseen species ({n_unseen})
-  have 4 `key_unseen`, 3 `val_unseen` and 3 `test_unseen`. Every species has exactly 10 specimens
-  (`demo_subset`=1 of the source: 36 species, six orders). In the built HDF5, every `val_seen` species is
-  among the `all_keys` (via `train`), and the `val_unseen` species are among them only via `key_unseen`.
+- Whole genera ({n_genera}, each with all its records of named species in the source), so that a genus holds several
+  species: in each, the species with the most specimens is seen ({n_val} seen species have `val` and `test`
+  specimens, the rest of the {n_seen} seen species only `train` ones), and one species with at least 3
+  specimens is unseen ({n_unseen} species: `key_unseen`, `val_unseen`, `test_unseen`) -- a new species of a
+  known genus, as in BIOSCAN-5M. In the built HDF5, every `val_seen` species is among the `all_keys` (via
+  `train`), the `val_unseen` species are among them only via `key_unseen`, and every `val_unseen` species'
+  genus also has seen species, so an unseen query can be placed in the right genus but not the right species
+  by its seen neighbours.
 - `pretrain`: other real records of the same families, with their species removed (and, for about half,
   their genus), like BIOSCAN-5M's pretrain split of specimens not identified to species.
 - `other_heldout`: real records with placeholder species names (`sp.`, `cf.`), as in BIOSCAN-5M.
@@ -457,9 +484,10 @@ def main(argv=None) -> None:
     table = "\n".join(f"| {s} | {splits[s]} | {what[s]} |" for s in what)
     n_unseen = len({m["species"] for m in meta if m["split"] == "key_unseen"})
     n_seen = len({m["species"] for m in meta if m["split"] == "train"})
-    (out / "README.md").write_text(
-        README.format(split_table=table, n_seen=n_seen, n_unseen=n_unseen, vocab_size=vocab_size)
-    )
+    n_val = len({m["species"] for m in meta if m["split"] == "val"})
+    n_genera = len({m["genus"] for m in meta if m["split"] in ("train", "key_unseen")})
+    counts = dict(n_seen=n_seen, n_val=n_val, n_unseen=n_unseen, n_genera=n_genera, vocab_size=vocab_size)
+    (out / "README.md").write_text(README.format(split_table=table, **counts))
     (out / "LICENSE").write_text(LICENSE)
     print(f"{len(meta)} rows, {dict(splits)}, vocabulary {vocab_size}, {total / 1e6:.2f} MB of CSV + images")
 

@@ -23,6 +23,7 @@ from bioclip_cli.cli import (
     finetune_classifier,
     inspect,
     library,
+    plot,
     predict,
     presets,
     split,
@@ -87,6 +88,7 @@ for module, name in [
     app.command(name=name, epilog=module.EXAMPLES, no_args_is_help=getattr(module, "NO_ARGS_IS_HELP", False))(
         module.command
     )
+app.add_typer(plot.app, name="plot")
 
 app.add_typer(library.app, name="library")
 

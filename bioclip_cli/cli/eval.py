@@ -102,6 +102,14 @@ def command(
             autocompletion=complete_device,
         ),
     ] = "auto",
+    search: Annotated[
+        Literal["screened", "exact"],
+        typer.Option(
+            "--search",
+            help="Exact search by a bf16 screen + faiss rescoring (screened: the same lists, faster on CPU; "
+            "docs/lowp_search.md) or plain faiss float32 (exact).",
+        ),
+    ] = "screened",
     format: FormatOpt = "table",
     output_file: OutputOpt = None,
     hybrid: Annotated[
@@ -135,7 +143,7 @@ def command(
 
     result = evaluate_run(
         run, embeddings, labels, split=split, queries=query, keys=key, ks=ks, levels=level_list,
-        index=index, device=device, per_class=per_class is not None,
+        index=index, device=device, per_class=per_class is not None, search=search,
     )  # fmt: skip
 
     shown = [

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bioclip_cli.atomic_write import resolve_output, write_text
@@ -159,7 +160,7 @@ def success(message: str) -> None:
 
 
 def warning(message: str) -> None:
-    err.print(f"[yellow]Warning:[/yellow] {message}")
+    err.print(f"[yellow]Warning:[/yellow] {escape(message)}")
 
 
 def hint(message: str) -> None:
@@ -168,6 +169,7 @@ def hint(message: str) -> None:
 
 
 def error(message: str, hint_text: str | None = None) -> None:
-    err.print(f"[red]Error:[/red] {message}", highlight=False, soft_wrap=True)
+    # messages are plain text: brackets such as `pip install "bioscan-clip[plots]"` are not rich markup
+    err.print(f"[red]Error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     if hint_text:
-        err.print(f"[dim]Hint:[/dim] {hint_text}", highlight=False, soft_wrap=True)
+        err.print(f"[dim]Hint:[/dim] {escape(hint_text)}", highlight=False, soft_wrap=True)

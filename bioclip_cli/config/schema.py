@@ -294,6 +294,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs when reached)
     batch_size: int = 400  # per process
     grad_accum: int = 1
+    micro_batch_size: int | None = None  # gradient caching: embed the batch this many at a time (None: at once)
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -317,6 +318,11 @@ class TrainConfig:
         _check(self.max_steps is None or self.max_steps >= 1, f"{prefix}.max_steps", f"must be >= 1, got {self.max_steps}")
         _check(self.batch_size >= 2, f"{prefix}.batch_size", f"must be >= 2 (contrastive loss), got {self.batch_size}")
         _check(self.grad_accum >= 1, f"{prefix}.grad_accum", f"must be >= 1, got {self.grad_accum}")
+        _check(
+            self.micro_batch_size is None or 1 <= self.micro_batch_size <= self.batch_size,
+            f"{prefix}.micro_batch_size",
+            f"must be between 1 and train.batch_size={self.batch_size} (or null), got {self.micro_batch_size}",
+        )
         _check(self.lr > 0, f"{prefix}.lr", f"must be > 0, got {self.lr}")
         _check(
             self.scheduler != "cosine" or 0 <= self.min_lr <= self.lr,
@@ -355,6 +361,7 @@ class EvalConfig:
     dtype: Literal["float32", "float64"] = "float32"  # float64: byte-compatible with the released files
     autocast: Literal["none", "bf16"] = "none"
     merge_lora: bool = True  # encode with LoRA folded into the base weights: faster, equal within float rounding
+    search: Literal["screened", "exact"] = "screened"  # screened: faiss's lists at bf16 speed (docs/lowp_search.md)
 
     def validate(self, prefix: str = "eval") -> None:
         _check(len(self.k) >= 1 and all(k >= 1 for k in self.k), f"{prefix}.k", f"must be positive integers, got {self.k}")

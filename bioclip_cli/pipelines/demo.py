@@ -270,7 +270,9 @@ def _run_demo(
         seconds={k: round(v, 2) for k, v in seconds.items()},
     )
     _write_summary(out, summary)
-    result.files = _files(out, hdf5)
+    from bioclip_cli.workflows.plot import demo_figures
+
+    result.files = _files(out, hdf5) + demo_figures(out)
     summary["files"] = result.files
     _write_summary(out, summary)
     return result

@@ -31,7 +31,8 @@ from bioclip_cli.errors import BioclipError, DataError
 from bioclip_cli.progress import progress_bar
 from bioclip_cli.retrieval.eval_result import EvalResult, Pair, SearchReport, nested_scores, pair_label
 from bioclip_cli.retrieval.metrics import encode_labels, harmonic_means, per_class_accuracy, topk_accuracy
-from bioclip_cli.retrieval.search import FlatIndex, IVFIndex, l2_normalize
+from bioclip_cli.retrieval.screened_search import exact_index
+from bioclip_cli.retrieval.search import IVFIndex, l2_normalize
 
 QUERY_FEATURES: tuple[str, ...] = ("image", "dna", "text", "avg", "concat")
 KEY_FEATURES: tuple[str, ...] = (*QUERY_FEATURES, "all")
@@ -246,6 +247,7 @@ def _evaluate(
     device: str,
     per_class: bool,
     inputs: dict,
+    search: str = "screened",
 ) -> EvalResult:
     ks = sorted({int(k) for k in ks})
     levels = list(levels)
@@ -291,7 +293,7 @@ def _evaluate(
                 searcher = IVFIndex(unit_keys, device=device, normalize=False)
                 ivf_settings = searcher.settings
             else:
-                searcher = FlatIndex(unit_keys, device=device, normalize=False)
+                searcher = exact_index(unit_keys, search=search, device=device, normalize=False)
             inputs.setdefault("backend", f"{searcher.backend} ({searcher.device})")
             for query in [q for q, k in combos if k == key]:
                 if query not in unit_queries:
@@ -314,16 +316,17 @@ def _evaluate(
                 results[(query, key)] = nested_scores(cell)
             del unit_keys, searcher
 
-    search = None
+    report = None
     if index == "ivf":
         recall_at_k = {pair: recalls[pair] for pair in combos}
-        search = SearchReport(ivf_settings.nlist, ivf_settings.nprobe, min(_RECALL_SAMPLE, int(total)), recall_at_k)
+        report = SearchReport(ivf_settings.nlist, ivf_settings.nprobe, min(_RECALL_SAMPLE, int(total)), recall_at_k)
     if per_class:
         order = {pair: i for i, pair in enumerate(combos)}
         per_class_rows.sort(key=lambda r: order[(r["query"], r["key"])])
     return EvalResult(
-        {pair: results[pair] for pair in combos}, ks, levels, n_queries, n_keys, {**inputs, "index": index},
-        notes, search, per_class_rows if per_class else None,
+        {pair: results[pair] for pair in combos}, ks, levels, n_queries, n_keys,
+        {**inputs, "index": index, **({"search": search} if index == "flat" else {})},
+        notes, report, per_class_rows if per_class else None,
     )  # fmt: skip
 
 
@@ -338,26 +341,29 @@ def evaluate_embeddings(
     index: str = "flat",
     device: str = "auto",
     per_class: bool = False,
+    search: str = "screened",
 ) -> EvalResult:
     """Evaluate an extracted-embedding file (ours or a released one) with its labels JSON.
 
     `queries`/`keys` pick feature names (image, dna, text, avg, concat; keys also all); by default every
     pair of equal width, as the paper's script does (21 pairs for image+DNA+text). `index="ivf"` searches
-    approximately and reports recall@k against exact search. See the module docstring for the result.
+    approximately and reports recall@k against exact search; exact search is `search="screened"` (the
+    same lists at bf16 speed, docs/lowp_search.md) or `"exact"` (plain float32). See the module docstring
+    for the result.
     """
     if isinstance(embeddings, EmbeddingFile):
-        return _evaluate_file(embeddings, queries, keys, ks, levels, index, device, per_class)
+        return _evaluate_file(embeddings, queries, keys, ks, levels, index, device, per_class, search)
     if labels is None:
         raise BioclipError("evaluate_embeddings needs the labels JSON beside the embedding file")
     with read_embedding_file(embeddings, labels) as ef:
-        return _evaluate_file(ef, queries, keys, ks, levels, index, device, per_class)
+        return _evaluate_file(ef, queries, keys, ks, levels, index, device, per_class, search)
 
 
-def _evaluate_file(ef, queries, keys, ks, levels, index, device, per_class) -> EvalResult:
+def _evaluate_file(ef, queries, keys, ks, levels, index, device, per_class, search) -> EvalResult:
     inputs = {"embeddings": str(ef.h5_path), "labels": str(ef.labels_path)}
     return _evaluate(
         _FileSource(ef), queries=queries, keys=keys, ks=ks, levels=levels, index=index, device=device,
-        per_class=per_class, inputs=inputs,
+        per_class=per_class, inputs=inputs, search=search,
     )  # fmt: skip
 
 
@@ -374,6 +380,7 @@ def evaluate_arrays(
     index: str = "flat",
     device: str = "auto",
     per_class: bool = False,
+    search: str = "screened",
 ) -> EvalResult:
     """The same evaluation on in-memory embeddings (e.g. inside training); same result structure.
 
@@ -389,5 +396,5 @@ def evaluate_arrays(
     source = _ArraySource(groups, labels)
     return _evaluate(
         source, queries=queries, keys=keys, ks=ks, levels=levels, index=index, device=device,
-        per_class=per_class, inputs={"embeddings": "arrays"},
+        per_class=per_class, inputs={"embeddings": "arrays"}, search=search,
     )  # fmt: skip

@@ -299,6 +299,7 @@ def validate(
             {"seen": feats["seen"], "unseen": feats["unseen"]}, feats["key"],
             {"seen": sets["seen"].labels, "unseen": sets["unseen"].labels}, sets["key"].labels,
             queries=validation.queries, keys=validation.keys, ks=validation.ks, levels=validation.levels,
+            search=cfg.eval.search,
         )  # fmt: skip
         best = cfg.train.best
         value = result.mean_seen_unseen(best.query, best.key, best.average, best.k, best.level)
@@ -405,6 +406,7 @@ def train_epoch(
 
     from bioclip_cli.data.datasets import batch_to_device, collate
     from bioclip_cli.models.encode import ignore_sigint
+    from bioclip_cli.models.grad_cache import grad_cache_step
     from bioclip_cli.progress import Bar, progress_bar
 
     tc, accelerator, model, raw = cfg.train, trainer.accelerator, trainer.model, trainer.raw
@@ -435,8 +437,14 @@ def train_epoch(
             skipped += tc.batch_size - len(batch["index"])  # unreadable images (data.bad_images)
             batch = batch_to_device(batch, device, cfg.data.image)  # uint8 images -> float here
             with accelerator.accumulate(model):
-                loss = trainer.loss_fn(model(batch), raw.logit_scale)
-                accelerator.backward(loss)
+                if tc.micro_batch_size:  # gradient caching: the full-batch loss, micro-batch memory
+                    loss = grad_cache_step(
+                        model, batch, trainer.loss_fn, lambda: raw.logit_scale, tc.micro_batch_size,
+                        backward=accelerator.backward, no_sync=lambda: accelerator.no_sync(model),
+                    )  # fmt: skip
+                else:
+                    loss = trainer.loss_fn(model(batch), raw.logit_scale)
+                    accelerator.backward(loss)
                 micro_losses.append(loss.detach().float())
                 synced = accelerator.sync_gradients
                 if synced:
