@@ -85,7 +85,7 @@ def test_method_two_uses_the_classifier(classifier_runs):
     run = classifier_runs["two"]
     cfg = load_run_config(run / "config.yaml")
     clf = load_classifier(run / "classifier/checkpoints/best", build_embedding_model(cfg, run / "checkpoints/best"))
-    ds = EvalDataset(cfg.data.hdf5, "test_seen", cfg, modalities=["image"])
+    ds = EvalDataset(cfg.data.hdf5, "test_seen", cfg.data, modalities=["image"])
     logits = np.concatenate([f["image"] for _, f in encode_rows(clf, ds, device=torch.device("cpu"), batch_size=64)])
     own = float(np.mean(np.asarray(clf.classes)[logits.argmax(1)] == ds.labels["species"]))
 

@@ -51,7 +51,7 @@ from bioclip_cli.data.taxonomy import NOT_CLASSIFIED
 from bioclip_cli.errors import BioclipError, DataError
 from bioclip_cli.models.device import resolve_device
 from bioclip_cli.models.encode import prepare_image
-from bioclip_cli.workflows.run_dir import resolve_run, run_checkpoint
+from bioclip_cli.runs.run_dir import resolve_run, run_checkpoint
 
 KEY_FEATURES: tuple[str, ...] = ("auto", "image", "dna", "text", "avg", "all")
 AUTO_KEYS = {"image": "image", "dna": "dna", "avg": "avg"}  # query feature -> key feature under key="auto"
