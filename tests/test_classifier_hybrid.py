@@ -22,8 +22,8 @@ def _copy(demo_run, dest):
 @pytest.fixture(scope="module")
 def classifier_runs(demo_run, tmp_path_factory):
     """Two copies of the demo run: `two` trained 2 epochs in one go (through the CLI), `resumed` 1 + 1."""
+    from bioclip_cli.pipelines.demo import torch_threads
     from bioclip_cli.workflows.classifier import finetune_classifier, plan_classifier
-    from bioclip_cli.workflows.demo import torch_threads
 
     root = tmp_path_factory.mktemp("classifier")
     two, resumed = _copy(demo_run, root / "two"), _copy(demo_run, root / "resumed")
@@ -82,9 +82,9 @@ def test_ctrl_c_stops_after_the_step_and_a_resume_equals_two_epochs(classifier_r
     import signal
 
     from bioclip_cli.errors import Interrupted
+    from bioclip_cli.pipelines.demo import torch_threads
     from bioclip_cli.workflows import classifier
     from bioclip_cli.workflows.classifier import finetune_classifier, plan_classifier
-    from bioclip_cli.workflows.demo import torch_threads
 
     run = _copy(demo_run, tmp_path / "stopped")
     write = classifier.MetricsLog.write
@@ -131,7 +131,7 @@ def test_method_two_uses_the_classifier(classifier_runs):
     run = classifier_runs["two"]
     cfg = load_run_config(run / "config.yaml")
     clf = load_classifier(run / "classifier/checkpoints/best", build_embedding_model(cfg, run / "checkpoints/best"))
-    ds = EvalDataset(cfg.data.hdf5, "test_seen", cfg, modalities=["image"])
+    ds = EvalDataset(cfg.data.hdf5, "test_seen", cfg.data, modalities=["image"])
     logits = np.concatenate([f["image"] for _, f in encode_rows(clf, ds, device=torch.device("cpu"), batch_size=64)])
     own = float(np.mean(np.asarray(clf.classes)[logits.argmax(1)] == ds.labels["species"]))
 

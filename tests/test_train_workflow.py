@@ -106,7 +106,11 @@ def untrained_result(cfg):
     set_seed(cfg.train.seed)
     model = build_model(cfg.model)
     groups = {"key": cfg.data.key_group, "seen": cfg.data.val_groups[0], "unseen": cfg.data.val_groups[1]}
-    sets = {role: EvalDataset(cfg.data.hdf5, g, cfg) for role, g in groups.items()}
+    sets = {
+        role: EvalDataset(cfg.data.hdf5, g, cfg.data, modalities=cfg.model.modalities,
+                          tokenizer=cfg.model.text.tokenizer)
+        for role, g in groups.items()
+    }  # fmt: skip
     feats = {r: encode_group(model, ds, device=torch.device("cpu"), batch_size=64) for r, ds in sets.items()}
     return evaluate_arrays(
         {"seen": feats["seen"], "unseen": feats["unseen"]},
@@ -142,8 +146,8 @@ def test_loss_decreases_and_retrieval_beats_the_untrained_model(run_a, sample_h5
     first, last = np.mean([losses[s] for s in range(1, 8)]), np.mean([losses[s] for s in range(218, 225)])
     assert last < 0.5 * first, (first, last)
 
-    before = untrained_result(learn_config(sample_h5))["results"]["dna|text"]["seen"]["micro"]["1"]["genus"]
-    after = events8.evals[-1][2]["results"]["dna|text"]["seen"]["micro"]["1"]["genus"]
+    before = untrained_result(learn_config(sample_h5)).accuracy("dna", "text", "seen", "micro", 1, "genus")
+    after = events8.evals[-1][2].accuracy("dna", "text", "seen", "micro", 1, "genus")
     assert before < 0.1  # 39 seen species in 36 genera: chance is about 1/36
     assert after >= before + 0.25, (before, after)  # seed 42: 16 of 39 seen queries in the right genus, 1 before
 
@@ -151,7 +155,7 @@ def test_loss_decreases_and_retrieval_beats_the_untrained_model(run_a, sample_h5
     assert [(e[0], e[1]) for e in events.evals] == [(1, 28), (2, 56)]
     selections = [e[3]["value"] for e in events.evals]
     assert selections[-1] == pytest.approx(
-        np.mean([events.evals[-1][2]["results"]["dna|text"][s]["micro"]["1"]["genus"] for s in ("seen", "unseen")])
+        np.mean([events.evals[-1][2].accuracy("dna", "text", s, "micro", 1, "genus") for s in ("seen", "unseen")])
     )
     best_epoch = 1 + int(np.argmax(selections))
     assert result.best["epoch"] == best_epoch and result.best["value"] == max(selections)
@@ -160,7 +164,7 @@ def test_loss_decreases_and_retrieval_beats_the_untrained_model(run_a, sample_h5
     assert (last_meta["epoch"], last_meta["step"], best_meta["epoch"]) == (2, 56, best_epoch)
     eval_lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
     assert [x["step"] for x in eval_lines] == [28, 56]
-    assert eval_lines[-1]["results"]["dna|text"] == events.evals[-1][2]["results"]["dna|text"]
+    assert eval_lines[-1]["results"]["dna|text"] == events.evals[-1][2].to_json()["results"]["dna|text"]
     # the resolved config round-trips, and the parameter table came first
     assert load_run_config(out / "config.yaml") == learn_config(sample_h5)
     assert events.params[-1]["encoder"] == "all" and events.params[-1]["trainable"] == events.params[-1]["total"]

@@ -40,8 +40,8 @@ from bioclip_cli.config import load_config, save_config
 from bioclip_cli.config.schema import LEVELS, RunConfig
 from bioclip_cli.data.taxonomy import NOT_CLASSIFIED
 from bioclip_cli.errors import BioclipError, ConfigError, DataError, Interrupted
-from bioclip_cli.workflows.run_dir import RunDir, resolve_run, run_checkpoint
-from bioclip_cli.workflows.train_state import (
+from bioclip_cli.runs.run_dir import RunDir, resolve_run, run_checkpoint
+from bioclip_cli.runs.train_state import (
     PROGRESS_FILE,
     MetricsLog,
     StopRequest,
@@ -242,7 +242,7 @@ def finetune_classifier(
     from bioclip_cli.data.sampler import EpochSampler
     from bioclip_cli.models.classifier import SpeciesClassifier
     from bioclip_cli.models.encode import build_embedding_model
-    from bioclip_cli.workflows.accelerator import make_accelerator
+    from bioclip_cli.runs.accelerator import make_accelerator
 
     with BioscanH5(cfg.data.hdf5) as h5:
         group = training_group(h5, group, cfg.data.dataset)
@@ -253,7 +253,8 @@ def finetune_classifier(
 
     accelerator = make_accelerator()
     main, world, device = accelerator.is_main_process, accelerator.num_processes, accelerator.device
-    dataset = TrainDataset(cfg.data.hdf5, group, cfg, modalities=modalities, seed=seed)
+    dataset = TrainDataset(cfg.data.hdf5, group, cfg.data, modalities=modalities, seed=seed,
+                           tokenizer=cfg.model.text.tokenizer)  # fmt: skip
     classes, class_of_row, class_tax, rows = _training_rows(dataset, batch_size * world)
     sampler = EpochSampler(len(rows), batch_size, seed=seed, rank=accelerator.process_index, world=world)
     progress = TrainProgress(total_steps=sampler.batches_per_epoch * epochs, world=world)
@@ -279,7 +280,8 @@ def finetune_classifier(
     if resume:
         accelerator.load_state(str(crun.resume_state))
     targets = torch.from_numpy(class_of_row)
-    val = EvalDataset(cfg.data.hdf5, cfg.data.val_groups[0], cfg, modalities=modalities)
+    val = EvalDataset(cfg.data.hdf5, cfg.data.val_groups[0], cfg.data, modalities=modalities,
+                      tokenizer=cfg.model.text.tokenizer)  # fmt: skip
     val_targets = _class_codes(classes, val.labels["species"])
     scored = "image" if "image" in modalities else "dna"
     ce = torch.nn.CrossEntropyLoss()
@@ -352,7 +354,7 @@ def _train_epoch(model, optimizer, accelerator, dataset, sampler, rows, targets,
         bar.update(completed=progress.batch)
         for batch in loader:
             y = targets[batch["index"]].to(device)
-            logits = model(batch_to_device(batch, device, cfg))
+            logits = model(batch_to_device(batch, device, cfg.data.image))
             loss = sum(ce(logits[m], y) for m in raw.modalities)
             accelerator.backward(loss)
             optimizer.step()
