@@ -96,7 +96,9 @@ def dataset_timings(h5: Path, repeats: int, batch_size: int = 64) -> list[dict]:
     out = []
     for preset, modalities in DATASET_CASES:
         cfg = load_config(preset, [], [])
-        ds = TrainDataset(h5, TRAIN, cfg, modalities=modalities)
+        ds = TrainDataset(
+            h5, TRAIN, cfg.data, modalities=modalities, tokenizer=cfg.model.text.tokenizer, seed=cfg.train.seed
+        )
         recipe = None
         if modalities == ["image"]:  # the same augmentation as the upstream code runs it
 

@@ -71,14 +71,15 @@ def bare_steps(cfg, steps: int) -> list[float]:
     from bioclip_cli.data.datasets import TrainDataset, batch_to_device, collate
     from bioclip_cli.models.build import build_model
     from bioclip_cli.models.loss import ClipLoss
-    from bioclip_cli.workflows.optim import build_optimizer
+    from bioclip_cli.models.optim import build_optimizer
 
     set_seed(cfg.train.seed)
     model = build_model(cfg.model).train()
     optimizer = build_optimizer(model.parameters(), cfg.train, cfg.train.lr)
     loss_fn = ClipLoss()
-    data = TrainDataset(cfg.data.hdf5, cfg.data.train_group, cfg)
-    batch = batch_to_device(collate([data[i] for i in range(cfg.train.batch_size)]), "cpu", cfg)
+    data = TrainDataset(cfg.data.hdf5, cfg.data.train_group, cfg.data, modalities=cfg.model.modalities,
+                        tokenizer=cfg.model.text.tokenizer, seed=cfg.train.seed)  # fmt: skip
+    batch = batch_to_device(collate([data[i] for i in range(cfg.train.batch_size)]), "cpu", cfg.data.image)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
@@ -107,7 +108,8 @@ def loader_rate(cfg, batches: int) -> float:
 
     from bioclip_cli.data.datasets import TrainDataset, collate
 
-    data = TrainDataset(cfg.data.hdf5, cfg.data.train_group, cfg)
+    data = TrainDataset(cfg.data.hdf5, cfg.data.train_group, cfg.data, modalities=cfg.model.modalities,
+                        tokenizer=cfg.model.text.tokenizer, seed=cfg.train.seed)  # fmt: skip
     loader = torch.utils.data.DataLoader(
         data, batch_size=cfg.train.batch_size, shuffle=True, collate_fn=collate, num_workers=cfg.data.num_workers
     )

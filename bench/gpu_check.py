@@ -125,7 +125,7 @@ def check_training(report: Report, preset: str, recipe: str, batch: int, steps: 
     import torch
 
     from bioclip_cli.models.loss import ClipLoss
-    from bioclip_cli.workflows.optim import build_optimizer
+    from bioclip_cli.models.optim import build_optimizer
 
     torch.cuda.reset_peak_memory_stats()
     cfg, model = full_size_model(preset, device)

@@ -62,8 +62,8 @@ def bench_demo(epochs: int | None = None, step_rounds: int = 3, steps: int = 4) 
 
     import torch
 
+    from bioclip_cli.pipelines.demo import mean_top1, run_demo
     from bioclip_cli.progress import set_quiet
-    from bioclip_cli.workflows.demo import mean_top1, run_demo
 
     set_quiet(True)
     default_threads = torch.get_num_threads()
@@ -101,8 +101,9 @@ def _demo_step_parts(cfg):
     from bioclip_cli.models.loss import ClipLoss
 
     model = build_model(cfg.model).train()
-    data = TrainDataset(cfg.data.hdf5, cfg.data.train_group, cfg)
-    batch = batch_to_device(collate([data[i] for i in range(cfg.train.batch_size)]), "cpu", cfg)
+    data = TrainDataset(cfg.data.hdf5, cfg.data.train_group, cfg.data, modalities=cfg.model.modalities,
+                        tokenizer=cfg.model.text.tokenizer, seed=cfg.train.seed)  # fmt: skip
+    batch = batch_to_device(collate([data[i] for i in range(cfg.train.batch_size)]), "cpu", cfg.data.image)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
     return model, batch, ClipLoss(), optimizer
 

@@ -22,6 +22,7 @@ def _copy(demo_run, dest):
 @pytest.fixture(scope="module")
 def classifier_runs(demo_run, tmp_path_factory):
     """Two copies of the demo run: `two` trained 2 epochs in one go (through the CLI), `resumed` 1 + 1."""
+    from bioclip_cli.pipelines.demo import torch_threads
     from bioclip_cli.workflows.classifier import finetune_classifier, plan_classifier
 
     root = tmp_path_factory.mktemp("classifier")
@@ -29,8 +30,11 @@ def classifier_runs(demo_run, tmp_path_factory):
     cli = run_cli("finetune-classifier", "--run", str(two), "--epochs", "2", "--batch-size", "16",
                   "--format", "json", env={"OMP_NUM_THREADS": "1"})  # fmt: skip
     assert cli.returncode == 0, cli.stderr
-    first = finetune_classifier(plan_classifier(run=resumed), epochs=1, batch_size=16)
-    second = finetune_classifier(plan_classifier(run=resumed), epochs=2, batch_size=16, resume=True)
+    # the same intra-op thread count as the CLI's OMP_NUM_THREADS=1: CPU kernels split their sums by thread,
+    # so a run on 1 thread and one on 2 differ in the last bits however exact the resume is
+    with torch_threads(1):
+        first = finetune_classifier(plan_classifier(run=resumed), epochs=1, batch_size=16)
+        second = finetune_classifier(plan_classifier(run=resumed), epochs=2, batch_size=16, resume=True)
     return {"two": two, "resumed": resumed, "summary": json.loads(cli.stdout), "first": first, "second": second}
 
 
@@ -71,6 +75,48 @@ def test_one_epoch_plus_a_resumed_one_equals_two_epochs(classifier_runs):
     assert classifier_runs["second"].epoch_losses[0] == pytest.approx(second_epoch, abs=1e-5)
 
 
+def test_ctrl_c_stops_after_the_step_and_a_resume_equals_two_epochs(classifier_runs, demo_run, tmp_path, monkeypatch):
+    """A Ctrl-C during step 3 of epoch 1 stops after that step with a resumable state; resuming to 2 epochs
+    ends with the weights of the uninterrupted run, bit for bit, and epoch 1's loss covers all its steps."""
+    import os
+    import signal
+
+    from bioclip_cli.errors import Interrupted
+    from bioclip_cli.pipelines.demo import torch_threads
+    from bioclip_cli.workflows import classifier
+    from bioclip_cli.workflows.classifier import finetune_classifier, plan_classifier
+
+    run = _copy(demo_run, tmp_path / "stopped")
+    write = classifier.MetricsLog.write
+
+    def write_then_ctrl_c(self, record):
+        write(self, record)
+        if record["type"] == "train" and record["step"] == 3:  # as if the user pressed Ctrl-C during step 3
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(classifier.MetricsLog, "write", write_then_ctrl_c)
+    with torch_threads(1), pytest.raises(Interrupted) as stopped:
+        finetune_classifier(plan_classifier(run=run), epochs=2, batch_size=16)
+    assert "stopped the classifier at step 3 (epoch 1, batch 3 of 9)" in stopped.value.message
+    assert stopped.value.exit_code == 130 and "--resume" in stopped.value.hint
+    progress = json.loads((run / "classifier/checkpoints/resume/progress.json").read_text())
+    assert (progress["epoch"], progress["batch"], progress["step"]) == (0, 3, 3)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+    monkeypatch.setattr(classifier.MetricsLog, "write", write)
+    with torch_threads(1):
+        resumed = finetune_classifier(plan_classifier(run=run), epochs=2, batch_size=16, resume=True)
+    assert resumed.epochs == 2 and resumed.steps == 18
+    a = load_file(str(classifier_runs["two"] / "classifier/checkpoints/last/model.safetensors"))
+    b = load_file(str(run / "classifier/checkpoints/last/model.safetensors"))
+    assert a.keys() == b.keys() and all((a[name] == b[name]).all() for name in a)
+    straight = [row["loss"] for row in classifier_runs["summary"]["epochs_run"]]  # rounded to 5 decimals
+    assert resumed.epoch_losses == pytest.approx(straight, abs=1e-5)
+    lines = [json.loads(line) for line in (run / "classifier/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["type"] == "train"] == list(range(1, 19))  # every step once
+    assert [r["epoch"] for r in lines if r["type"] == "train"][:4] == pytest.approx([1 / 9, 2 / 9, 3 / 9, 4 / 9])
+
+
 def test_method_two_uses_the_classifier(classifier_runs):
     """tau = 0: every rank answers from the classifier (softmax > 0), so seen top-1 = the classifier's own
     accuracy; tau = 1: every rank answers from image->DNA search among the unseen keys."""
@@ -85,7 +131,7 @@ def test_method_two_uses_the_classifier(classifier_runs):
     run = classifier_runs["two"]
     cfg = load_run_config(run / "config.yaml")
     clf = load_classifier(run / "classifier/checkpoints/best", build_embedding_model(cfg, run / "checkpoints/best"))
-    ds = EvalDataset(cfg.data.hdf5, "test_seen", cfg, modalities=["image"])
+    ds = EvalDataset(cfg.data.hdf5, "test_seen", cfg.data, modalities=["image"])
     logits = np.concatenate([f["image"] for _, f in encode_rows(clf, ds, device=torch.device("cpu"), batch_size=64)])
     own = float(np.mean(np.asarray(clf.classes)[logits.argmax(1)] == ds.labels["species"]))
 

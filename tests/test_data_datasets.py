@@ -21,6 +21,20 @@ from bioclip_cli.workflows.build_hdf5 import build_5m
 TRAIN = "no_split_and_seen_train"
 
 
+def train_set(path, group, cfg, modalities=None, seed=None):
+    """A TrainDataset given the values it reads from a run configuration."""
+    return TrainDataset(
+        path, group, cfg.data, modalities=cfg.model.modalities if modalities is None else modalities,
+        tokenizer=cfg.model.text.tokenizer, seed=cfg.train.seed if seed is None else seed,
+    )  # fmt: skip
+
+
+def eval_set(path, group, cfg, modalities=None):
+    """An EvalDataset given the values it reads from a run configuration."""
+    modalities = cfg.model.modalities if modalities is None else modalities
+    return EvalDataset(path, group, cfg.data, modalities=modalities, tokenizer=cfg.model.text.tokenizer)
+
+
 def expected_image(reader, cfg, row, epoch=0):
     """Row `row`'s training image as the float32 model input, made by the transform alone."""
     return TrainTransform(cfg.data.image)(reader.image_bytes(row), item_seed(cfg.train.seed, epoch, row))
@@ -38,7 +52,7 @@ def with_text(cfg, **changes):
 
 
 def test_train_item_and_collate(sample_h5, tiny):
-    ds = TrainDataset(sample_h5, TRAIN, tiny)
+    ds = train_set(sample_h5, TRAIN, tiny)
     reader = BioscanH5(sample_h5).group(TRAIN)
     assert len(ds) == len(reader) == 224
     item = ds[5]
@@ -55,7 +69,7 @@ def test_train_item_and_collate(sample_h5, tiny):
     assert set(batch) == set(item)
     assert batch["index"].tolist() == [3, 1, 4] and batch["index"].dtype == torch.long
     assert batch["image"].shape == (3, 3, 32, 32) and batch["image"].dtype == torch.uint8
-    on_device = batch_to_device(batch, "cpu", tiny)
+    on_device = batch_to_device(batch, "cpu", tiny.data.image)
     assert on_device["image"].dtype == torch.float32 and on_device["image"].is_contiguous()
     assert torch.equal(on_device["image"], torch.stack([expected_image(reader, tiny, i) for i in (3, 1, 4)]))
     assert all(torch.equal(on_device[k], batch[k]) for k in batch if k != "image")
@@ -79,35 +93,35 @@ def test_only_the_configured_modalities_are_read(tmp_path, tiny):
             }
         },
     )
-    ds = EvalDataset(path, "val_seen", tiny, modalities=["dna", "text"])
+    ds = eval_set(path, "val_seen", tiny, modalities=["dna", "text"])
     item = ds[1]
     assert set(item) == {"index", "dna", "dna_mask", "text", "text_mask", "text_type"}
     assert item["dna"][1] == 1026
     assert set(collate([ds[0]])) == {"index", "dna", "dna_mask", "text", "text_mask", "text_type"}
     with pytest.raises(DataError, match=r"row 0 \(A-1\) has an unreadable image"):
-        EvalDataset(path, "val_seen", tiny, modalities=["image"])[0]
+        eval_set(path, "val_seen", tiny, modalities=["image"])[0]
     write_groups(tmp_path / "nodna.hdf5", {"g": {"image": [b"x"], "processid": ["A"]}})
     with pytest.raises(DataError, match="barcode"):
-        TrainDataset(tmp_path / "nodna.hdf5", "g", tiny, modalities=["dna"])
+        train_set(tmp_path / "nodna.hdf5", "g", tiny, modalities=["dna"])
     with pytest.raises(DataError, match="no group 'nope'"):
-        TrainDataset(path, "nope", tiny)
+        train_set(path, "nope", tiny)
 
 
 def test_train_augmentation_is_seeded_per_item_and_epoch(sample_h5, tiny):
-    ds = TrainDataset(sample_h5, TRAIN, tiny, modalities=["image"])
+    ds = train_set(sample_h5, TRAIN, tiny, modalities=["image"])
     a, b = ds[7]["image"], ds[7]["image"]
     assert torch.equal(a, b)
     ds.set_epoch(1)
     assert not torch.equal(ds[7]["image"], a)
     ds.set_epoch(0)
     assert torch.equal(ds[7]["image"], a)
-    other = TrainDataset(sample_h5, TRAIN, tiny, modalities=["image"], seed=tiny.train.seed + 1)
+    other = train_set(sample_h5, TRAIN, tiny, modalities=["image"], seed=tiny.train.seed + 1)
     assert not torch.equal(other[7]["image"], a)
     assert len({item_seed(42, e, i) for e in range(3) for i in range(1000)}) == 3000
 
 
 def test_dataloader_with_two_workers_matches_in_process(sample_h5, tiny):
-    ds = TrainDataset(sample_h5, TRAIN, tiny)
+    ds = train_set(sample_h5, TRAIN, tiny)
     ds.set_epoch(3)
     loader = torch.utils.data.DataLoader(ds, batch_size=16, num_workers=2, collate_fn=collate, shuffle=False)
     batches = list(loader)
@@ -119,21 +133,21 @@ def test_dataloader_with_two_workers_matches_in_process(sample_h5, tiny):
 
 
 def test_text_stored_or_retokenised_agree(sample_h5, tiny, tmp_path):
-    stored = EvalDataset(sample_h5, "val_seen", tiny, modalities=["text"])
+    stored = eval_set(sample_h5, "val_seen", tiny, modalities=["text"])
     assert stored.stored_text
-    fresh = EvalDataset(sample_h5, "val_seen", with_text(tiny, use_stored_tokens=False), modalities=["text"])
+    fresh = eval_set(sample_h5, "val_seen", with_text(tiny, use_stored_tokens=False), modalities=["text"])
     assert not fresh.stored_text
     for i in (0, 11, 38):
         for key in ("text", "text_mask", "text_type"):
             assert np.array_equal(stored[i][key], fresh[i][key])
     no_tokens = tmp_path / "no_tokens.hdf5"
     build_5m(sample_root(), no_tokens, splits=["val"], workers=1)
-    plain = EvalDataset(no_tokens, "val_seen", tiny, modalities=["text"])
+    plain = eval_set(no_tokens, "val_seen", tiny, modalities=["text"])
     assert not plain.stored_text and np.array_equal(plain[3]["text"], stored[3]["text"])
 
 
 def test_eval_dataset_labels_ids_and_transform(sample_h5, tiny):
-    ds = EvalDataset(sample_h5, "val_unseen", tiny)
+    ds = eval_set(sample_h5, "val_unseen", tiny)
     reader = BioscanH5(sample_h5).group("val_unseen")
     assert len(ds) == 36
     assert ds.sample_ids.tolist() == reader.sample_ids().tolist()
@@ -145,7 +159,7 @@ def test_eval_dataset_labels_ids_and_transform(sample_h5, tiny):
 
 
 def test_getitems_is_a_batch_of_items_that_collate_passes_on_without_a_copy(sample_h5, tiny):
-    ds = TrainDataset(sample_h5, TRAIN, tiny)
+    ds = train_set(sample_h5, TRAIN, tiny)
     ds.set_epoch(2)
     rows = [9, 0, 9, 200]
     items = ds.__getitems__(rows)
@@ -169,9 +183,9 @@ def test_getitems_is_a_batch_of_items_that_collate_passes_on_without_a_copy(samp
 def test_normalised_training_images(sample_h5, tiny):
     image = dataclasses.replace(tiny.data.image, mean=[0.5, 0.4, 0.3], std=[0.25, 0.2, 0.3])
     norm_cfg = dataclasses.replace(tiny, data=dataclasses.replace(tiny.data, image=image))
-    plain, norm = TrainDataset(sample_h5, TRAIN, tiny), TrainDataset(sample_h5, TRAIN, norm_cfg)
-    a = batch_to_device(collate(plain.__getitems__([9, 3])), "cpu", tiny)["image"]
-    b = batch_to_device(collate(norm.__getitems__([9, 3])), "cpu", norm_cfg)["image"]
+    plain, norm = train_set(sample_h5, TRAIN, tiny), train_set(sample_h5, TRAIN, norm_cfg)
+    a = batch_to_device(collate(plain.__getitems__([9, 3])), "cpu", tiny.data.image)["image"]
+    b = batch_to_device(collate(norm.__getitems__([9, 3])), "cpu", norm_cfg.data.image)["image"]
     mean, std = torch.tensor(image.mean).view(3, 1, 1), torch.tensor(image.std).view(3, 1, 1)
     assert torch.equal(b, (a - mean) / std)
     reader = BioscanH5(sample_h5).group(TRAIN)

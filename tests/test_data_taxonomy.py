@@ -50,7 +50,7 @@ def test_sample_tokenizer_vocabulary():
     vocab = (sample_tokenizer_dir() / "vocab.txt").read_text().splitlines()
     assert vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     assert len(vocab) <= 512 and len(vocab) == len(set(vocab))
-    assert {"diptera", "machimus", "erythocnemius", "not", "_", "classified", "##a", "z"} <= set(vocab)
+    assert {"diptera", "tephritidae", "rhagoletis", "cingulata", "not", "_", "classified", "##a", "z"} <= set(vocab)
     tok = load_text_tokenizer("bioclip-sample")
     assert len(tok) == len(vocab)
     assert (tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.sep_token_id) == (0, 1, 2, 3)
@@ -61,7 +61,7 @@ def test_tokenize_taxonomy_padding_and_truncation():
     enc = tokenize_taxonomy(
         tok,
         [
-            "Diptera Asilidae Machimus Machimus erythocnemius",
+            "Diptera Tephritidae Rhagoletis Rhagoletis cingulata",
             "Diptera not_classified not_classified not_classified",
             "Zygentoma Lepismatidae Thermobia domestica",  # words outside the vocabulary: character pieces
         ],
@@ -70,7 +70,7 @@ def test_tokenize_taxonomy_padding_and_truncation():
     assert set(enc) == {"input_ids", "attention_mask", "token_type_ids"}
     assert all(v.shape == (3, 20) and v.dtype == np.int64 for v in enc.values())
     first = tok.convert_ids_to_tokens(enc["input_ids"][0].tolist())
-    assert first[:7] == ["[CLS]", "diptera", "asilidae", "machimus", "machimus", "erythocnemius", "[SEP]"]
+    assert first[:7] == ["[CLS]", "diptera", "tephritidae", "rhagoletis", "rhagoletis", "cingulata", "[SEP]"]
     assert enc["attention_mask"][0].tolist() == [1] * 7 + [0] * 13
     assert enc["input_ids"][0, 7:].tolist() == [0] * 13
     second = tok.convert_ids_to_tokens(enc["input_ids"][1].tolist())

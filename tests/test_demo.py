@@ -8,7 +8,7 @@ import pytest
 from conftest import DEMO_TEST_EPOCHS, run_cli
 
 from bioclip_cli.errors import ConfigError
-from bioclip_cli.workflows.demo import (
+from bioclip_cli.pipelines.demo import (
     SUMMARY_FILE,
     _prepare_out,
     comparison_rows,
@@ -16,21 +16,22 @@ from bioclip_cli.workflows.demo import (
     mean_top1,
     torch_threads,
 )
+from bioclip_cli.retrieval.eval_result import EvalResult
 
 
-def _result(cells: dict[str, tuple[float, float]]) -> dict:
+def _result(cells: dict[tuple[str, str], tuple[float, float]]) -> EvalResult:
     """An evaluate result with micro top-1 genus/species = the given (seen, unseen) per combination."""
-    results = {}
-    for combo, (seen, unseen) in cells.items():
-        results[combo] = {
-            split: {"micro": {"1": {"genus": v, "species": v / 2}}} for split, v in (("seen", seen), ("unseen", unseen))
+    scores = {}
+    for pair, (seen, unseen) in cells.items():
+        scores[pair] = {
+            split: {"micro": {1: {"genus": v, "species": v / 2}}} for split, v in (("seen", seen), ("unseen", unseen))
         }
-    return {"results": results}
+    return EvalResult(scores, [1], ["genus", "species"], {"seen": 1, "unseen": 1}, 1, {})
 
 
 def test_comparison_rows_and_gain_values():
-    before = _result({"image|image": (0.25, 0.5), "dna|dna": (0.5, 0.5), "image|dna": (0.0, 0.25)})
-    after = _result({"image|image": (0.75, 0.5), "dna|dna": (1.0, 0.75), "image|dna": (0.5, 0.25)})
+    before = _result({("image", "image"): (0.25, 0.5), ("dna", "dna"): (0.5, 0.5), ("image", "dna"): (0.0, 0.25)})
+    after = _result({("image", "image"): (0.75, 0.5), ("dna", "dna"): (1.0, 0.75), ("image", "dna"): (0.5, 0.25)})
     rows = comparison_rows(before, after, percent=True)
     assert [(r["query"], r["key"], r["split"]) for r in rows] == [
         ("image", "image", "seen"), ("image", "image", "unseen"), ("dna", "dna", "seen"), ("dna", "dna", "unseen"),
@@ -98,19 +99,21 @@ def test_demo_trains_past_the_untrained_model(demo_run):
     res = demo_run["result"]
     assert res.returncode == 0, res.stderr[-3000:]
     out = demo_run["out"]
-    before = json.loads((out / "baseline" / "results" / "eval_val.json").read_text())
-    after = json.loads((out / "results" / "eval_val.json").read_text())
+    before = EvalResult.from_json(json.loads((out / "baseline" / "results" / "eval_val.json").read_text()))
+    after = EvalResult.from_json(json.loads((out / "results" / "eval_val.json").read_text()))
     # the headline of the demo, on the fixed seed: image->DNA genus accuracy rises clearly above the untrained model
     gain = mean_top1(after, "image", "dna", "genus") - mean_top1(before, "image", "dna", "genus")
     assert gain >= 0.05, (mean_top1(before, "image", "dna", "genus"), mean_top1(after, "image", "dna", "genus"))
     # the sample's unseen species are new species of known genera: placed in the right genus more often than
     # identified (never the other way round; the same number in every row was the old sample's flaw)
     for query, key in (("image", "dna"), ("image", "image"), ("dna", "dna")):
-        genus, species = (after["results"][f"{query}|{key}"]["unseen"]["micro"]["1"][lv] for lv in ("genus", "species"))
+        genus, species = (after.accuracy(query, key, "unseen", "micro", 1, lv) for lv in ("genus", "species"))
         assert genus >= species
-    assert after["results"]["dna|dna"]["unseen"]["micro"]["1"]["genus"] > after["results"]["dna|dna"]["unseen"]["micro"]["1"]["species"]
+    assert after.accuracy("dna", "dna", "unseen", "micro", 1, "genus") > after.accuracy(
+        "dna", "dna", "unseen", "micro", 1, "species"
+    )
     assert mean_top1(after, "image", "image", "genus") > mean_top1(before, "image", "image", "genus")
-    assert after["n_queries"] == {"seen": 39, "unseen": 36} and after["n_keys"] == 203
+    assert after.n_queries == {"seen": 39, "unseen": 36} and after.n_keys == 203
     summary = json.loads(demo_run["json"].read_text())
     assert summary["comparison"] == comparison_rows(before, after, percent=False)
     record = json.loads((out / SUMMARY_FILE).read_text())

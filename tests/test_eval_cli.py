@@ -45,7 +45,7 @@ def test_eval_files_writes_json_csv_and_per_class(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Top-k accuracy (%)" in proc.stdout and "concat" in proc.stdout
     result = json.loads((out / "r.json").read_text())
-    expected = json.loads(json.dumps(evaluate_embeddings(h5_path, labels_path, ks=(1, 5))))
+    expected = json.loads(json.dumps(evaluate_embeddings(h5_path, labels_path, ks=(1, 5)).to_json()))
     assert result["results"] == expected["results"]
     assert len(result["results"]) == 21 and result["k"] == [1, 5]
     assert set(result) == {"results", "k", "levels", "n_queries", "n_keys", "inputs"}

@@ -10,7 +10,7 @@ import pytest
 
 from bioclip_cli.data.embedding_file import write_embedding_file
 from bioclip_cli.errors import BioclipError, DataError
-from bioclip_cli.retrieval.evaluation import evaluate_arrays, evaluate_embeddings, mean_seen_unseen, result_rows
+from bioclip_cli.retrieval.evaluation import evaluate_arrays, evaluate_embeddings
 from bioclip_cli.workflows.evaluate import evaluate_run, run_results_path
 
 LEVELS = ("order", "family", "genus", "species")
@@ -71,7 +71,7 @@ def _hand_result(**options):
 
 
 def test_hand_computed_case_in_the_issue_json_shape():
-    result = _hand_result()
+    result = _hand_result().to_json()
     assert list(result) == ["results", "k", "levels", "n_queries", "n_keys", "inputs"]
     assert result["k"] == [1, 3, 5] and result["levels"] == ["genus", "species"]
     assert result["n_queries"] == {"seen": 3, "unseen": 2} and result["n_keys"] == 5
@@ -87,7 +87,7 @@ def test_hand_computed_case_in_the_issue_json_shape():
 
 
 def test_result_rows_are_the_paper_table():
-    rows = result_rows(_hand_result())
+    rows = _hand_result().rows()
     assert len(rows) == 1 * 2 * 3  # combinations x (micro, macro) x k
     assert list(rows[0]) == [
         "query", "key", "metric", "k",
@@ -96,11 +96,11 @@ def test_result_rows_are_the_paper_table():
     assert rows[0]["query"] == "image" and rows[0]["metric"] == "micro" and rows[0]["k"] == 1
     assert rows[0]["seen genus"] == 2 / 3
     assert rows[3]["metric"] == "macro" and rows[3]["seen genus"] == 0.75
-    assert result_rows(_hand_result(), percent=True)[3]["seen genus"] == 75.0
+    assert _hand_result().rows(percent=True)[3]["seen genus"] == 75.0
 
 
 def test_per_class_rows_by_hand():
-    rows = _hand_result(per_class=True)["per_class"]
+    rows = _hand_result(per_class=True).per_class
     seen_genus = [r for r in rows if r["split"] == "seen" and r["level"] == "genus"]
     assert seen_genus == [
         {"query": "image", "key": "image", "split": "seen", "level": "genus", "class": "gA", "n_queries": 2,
@@ -112,12 +112,12 @@ def test_per_class_rows_by_hand():
 
 
 def test_mean_of_seen_and_unseen():
-    assert mean_seen_unseen(_hand_result(), "image", "image", "micro", 1, "genus") == pytest.approx((2 / 3 + 0.5) / 2)
+    assert _hand_result().mean_seen_unseen("image", "image", "micro", 1, "genus") == pytest.approx((2 / 3 + 0.5) / 2)
 
 
 def test_ivf_index_reports_recall():
-    result = _hand_result(index="ivf")
-    assert result["results"] == _hand_result()["results"]  # 5 keys: one cell, so exact
+    result = _hand_result(index="ivf").to_json()
+    assert result["results"] == _hand_result().to_json()["results"]  # 5 keys: one cell, so exact
     assert result["search"]["index"] == "ivf" and result["search"]["nlist"] == 1
     assert result["search"]["recall_at_k"] == {"image|image": 1.0}
     assert result["inputs"]["index"] == "ivf"
@@ -171,7 +171,7 @@ def test_every_combination_matches_the_brute_force_reference():
     result = evaluate_arrays(
         {"seen": feats["seen"], "unseen": feats["unseen"]}, feats["key"],
         {"seen": labels["seen"], "unseen": labels["unseen"]}, labels["key"],
-    )  # fmt: skip
+    ).to_json()  # fmt: skip
     assert list(result["results"]) == PAPER_ORDER_IDT  # 21 pairs for image + DNA + text
     keys = _reference_features("key", feats)
     for combo, cell in result["results"].items():
@@ -193,8 +193,8 @@ def test_all_keys_take_the_label_of_the_key_row_they_repeat():
         {"seen": {"image": query}}, keys, {"seen": {lv: ["b"] for lv in LEVELS}}, key_labels,
         queries=["image"], keys=["all"], ks=(1,),
     )  # fmt: skip
-    assert result["results"]["image|all"]["seen"]["micro"]["1"] == {lv: 1.0 for lv in LEVELS}
-    assert result["n_keys"] == 3
+    assert {lv: result.accuracy("image", "all", "seen", "micro", 1, lv) for lv in LEVELS} == {lv: 1.0 for lv in LEVELS}
+    assert result.n_keys == 3
 
 
 def test_tied_keys_are_predicted_in_faiss_order():
@@ -207,11 +207,11 @@ def test_tied_keys_are_predicted_in_faiss_order():
             {"seen": query}, keys, {"seen": {"species": ["b", "a"]}}, key_labels, ks=(1, 2), levels=["species"],
             device=device,
         )  # fmt: skip
-        assert result["results"]["dna|dna"]["seen"]["micro"] == {"1": {"species": 0.5}, "2": {"species": 1.0}}
+        assert result.to_json()["results"]["dna|dna"]["seen"]["micro"] == {"1": {"species": 0.5}, "2": {"species": 1.0}}
 
 
 def test_torch_search_path_gives_the_same_result():
-    assert _hand_result(device="torch")["results"] == _hand_result(device="cpu")["results"]
+    assert _hand_result(device="torch").scores == _hand_result(device="cpu").scores
 
 
 def test_image_dna_model_has_ten_pairs():
@@ -220,8 +220,8 @@ def test_image_dna_model_has_ten_pairs():
         {"seen": feats["seen"], "unseen": feats["unseen"]}, feats["key"],
         {"seen": labels["seen"], "unseen": labels["unseen"]}, labels["key"],
     )  # fmt: skip
-    assert list(result["results"]) == [f"{q}|{k}" for q in ("image", "dna", "avg") for k in ("image", "dna", "avg")] + [
-        "concat|concat"
+    assert result.combinations == [(q, k) for q in ("image", "dna", "avg") for k in ("image", "dna", "avg")] + [
+        ("concat", "concat")
     ]
 
 
@@ -234,14 +234,14 @@ def test_chosen_pairs_and_width_mismatches():
         labels["key"],
     )
     result = evaluate_arrays(*args, queries=["image", "concat"], keys=["dna", "concat"])
-    assert list(result["results"]) == ["image|dna", "concat|concat"]
-    assert result["notes"] == ["skipped pairs of different widths: image|concat (8 vs 16), concat|dna (16 vs 8)"]
-    assert list(evaluate_arrays(*args, queries=["dna"])["results"]) == [
-        "dna|image",
-        "dna|dna",
-        "dna|text",
-        "dna|avg",
-        "dna|all",
+    assert result.combinations == [("image", "dna"), ("concat", "concat")]
+    assert result.notes == ["skipped pairs of different widths: image|concat (8 vs 16), concat|dna (16 vs 8)"]
+    assert evaluate_arrays(*args, queries=["dna"]).combinations == [
+        ("dna", "image"),
+        ("dna", "dna"),
+        ("dna", "text"),
+        ("dna", "avg"),
+        ("dna", "all"),
     ]
     with pytest.raises(DataError, match=r"no query/key pair of equal width to evaluate: concat\|dna \(16 vs 8\)"):
         evaluate_arrays(*args, queries=["concat"], keys=["dna"])
@@ -268,9 +268,9 @@ def test_file_and_arrays_give_the_same_result(tmp_path):
         {m: a.astype(np.float32) for m, a in feats["key"].items()},
         {"seen": labels["seen"], "unseen": labels["unseen"]}, labels["key"], ks=(1, 5),
     )  # fmt: skip
-    assert from_file["results"] == from_arrays["results"]
-    assert from_file["inputs"]["embeddings"] == str(h5_path)
-    assert from_file["inputs"]["backend"] == "faiss-cpu (cpu)"
+    assert from_file.scores == from_arrays.scores
+    assert from_file.inputs["embeddings"] == str(h5_path)
+    assert from_file.inputs["backend"] == "faiss-cpu (cpu)"
 
 
 def test_released_style_float64_file(tmp_path):
@@ -292,21 +292,21 @@ def test_released_style_float64_file(tmp_path):
     }
     labels_path.write_text(json.dumps(rows))
     result = evaluate_embeddings(h5_path, labels_path)
-    assert list(result["results"]) == PAPER_ORDER_IDT
+    assert list(result.to_json()["results"]) == PAPER_ORDER_IDT
     reference = evaluate_arrays(
         {"seen": feats["seen"], "unseen": feats["unseen"]}, feats["key"],
         {"seen": labels["seen"], "unseen": labels["unseen"]}, labels["key"],
     )  # fmt: skip
-    assert result["results"] == reference["results"]
+    assert result.scores == reference.scores
 
 
 def test_empty_unseen_group_gives_seen_only_with_a_note(tmp_path):
     feats, labels = _random_data(n=(30, 0, 40))
     result = evaluate_embeddings(*_write(tmp_path, feats, labels), queries=["dna"], keys=["dna"])
-    assert result["n_queries"] == {"seen": 30, "unseen": 0}
-    assert list(result["results"]["dna|dna"]) == ["seen"]
-    assert result["notes"] == ["the unseen query group is empty: seen only"]
-    assert "unseen genus" not in result_rows(result)[0] and "H.M. genus" not in result_rows(result)[0]
+    assert result.n_queries == {"seen": 30, "unseen": 0}
+    assert result.splits("dna", "dna") == ["seen"]
+    assert result.notes == ["the unseen query group is empty: seen only"]
+    assert "unseen genus" not in result.rows()[0] and "H.M. genus" not in result.rows()[0]
 
 
 def test_nan_and_zero_vectors_are_refused_with_counts(tmp_path):
@@ -364,14 +364,15 @@ def test_evaluate_run_saves_results_in_the_run(tmp_path):
     result = evaluate_run(run, split="test", queries=["image"], keys=["image"], ks=(1,))
     saved = json.loads(run_results_path(run, "test").read_text())
     assert run_results_path(run, "test") == run / "results" / "eval_test.json"
-    assert saved == json.loads(json.dumps(result))
+    assert saved == json.loads(json.dumps(result.to_json()))
     assert saved["inputs"]["run"] == str(run) and saved["inputs"]["split"] == "test"
 
 
 def test_run_errors_say_what_exists(tmp_path):
     feats, labels = _random_data()
     _write(tmp_path, feats, labels, split="test")
-    (tmp_path / "runs" / "other").mkdir()
+    (tmp_path / "runs" / "other" / "embeddings").mkdir(parents=True)  # a run: it has embeddings
+    (tmp_path / "runs" / "empty").mkdir()  # not a run
     with pytest.raises(DataError, match=r"run directory .*nope does not exist \(runs in .*runs/: other, r1\)"):
         evaluate_run(tmp_path / "runs" / "nope")
     with pytest.raises(

@@ -118,7 +118,7 @@ def test_a_bomb_at_read_time_is_one_error_naming_group_row_and_id(bomb_h5):
 
     path, pid = bomb_h5
     cfg = load_config("tiny", sets=[f"data.hdf5={path}"])
-    ds = EvalDataset(path, "val_seen", cfg)
+    ds = EvalDataset(path, "val_seen", cfg.data, modalities=cfg.model.modalities, tokenizer=cfg.model.text.tokenizer)
     with pytest.raises(DataError) as err:
         ds.__getitems__([0, 1, 2])
     message = str(err.value)
@@ -130,10 +130,14 @@ def test_training_skips_a_bomb_row_with_a_count_or_fails_naming_it(bomb_h5, caps
     from bioclip_cli.errors import DataError
 
     path, pid = bomb_h5
-    skip = TrainDataset(path, "val_seen", load_config("tiny", sets=[f"data.hdf5={path}"]))
+    def train_set(cfg):
+        return TrainDataset(path, "val_seen", cfg.data, modalities=cfg.model.modalities,
+                            tokenizer=cfg.model.text.tokenizer, seed=cfg.train.seed)  # fmt: skip
+
+    skip = train_set(load_config("tiny", sets=[f"data.hdf5={path}"]))
     items = skip.__getitems__([0, 1, 2])
     assert [it["index"] for it in items] == [0, 2] and skip.skipped_rows == 1
     assert "Warning: skipped" in capsys.readouterr().err
-    fail = TrainDataset(path, "val_seen", load_config("tiny", sets=[f"data.hdf5={path}", "data.bad_images=fail"]))
+    fail = train_set(load_config("tiny", sets=[f"data.hdf5={path}", "data.bad_images=fail"]))
     with pytest.raises(DataError, match=rf"row 1 \({pid}\) has an unreadable image"):
         fail.__getitems__([0, 1, 2])

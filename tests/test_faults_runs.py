@@ -129,8 +129,8 @@ class FakeAccelerator:
 
 
 def test_resume_state_temp_folder_is_unique_and_leaves_another_writers_alone(tmp_path):
-    from bioclip_cli.workflows.run_dir import RunDir
-    from bioclip_cli.workflows.train_state import TrainProgress, save_training_state
+    from bioclip_cli.runs.run_dir import RunDir
+    from bioclip_cli.runs.train_state import TrainProgress, save_training_state
 
     run = RunDir(tmp_path / "r")
     other = run.checkpoints / ".resume.tmp"  # the fixed name every process used to share

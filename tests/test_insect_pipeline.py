@@ -80,7 +80,7 @@ def test_build_train_embed_bzsl_csv(exported):
 
     cfg = load_config(str(run / "config.yaml"))
     model = build_embedding_model(cfg, run / "checkpoints" / "best")
-    direct = encode_group(model, EvalDataset(h5, "all_keys", cfg, ["image", "dna"]), device=model.device
+    direct = encode_group(model, EvalDataset(h5, "all_keys", cfg.data, modalities=["image", "dna"]), device=model.device
                           if hasattr(model, "device") else __import__("torch").device("cpu"), batch_size=64)  # fmt: skip
     np.testing.assert_allclose(direct["image"], img, atol=1e-5)
     np.testing.assert_allclose(direct["dna"], dna, atol=1e-5)

@@ -10,7 +10,7 @@ import torch
 
 from bioclip_cli.config import load_config
 from bioclip_cli.errors import ConfigError
-from bioclip_cli.models import BioClipModel, build_model, parameter_rows
+from bioclip_cli.models import BioClipModel, build_model, parameter_rows, parameter_table
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_full_and_frozen_modes(tiny):
     assert not any(".lora_" in n for n, _ in full.image.named_parameters())
     frozen = build_model(replace(tiny, text=replace(tiny.text, finetune="frozen")), pretrained=False)
     assert not any(p.requires_grad for p in frozen.text.parameters())
-    rows = {r["encoder"]: r for r in frozen.trainable_parameter_table()}
+    rows = {r["encoder"]: r for r in parameter_table(frozen)}
     assert rows["text"]["trainable"] == 0 and rows["text"]["head"] == 32 * 16 + 16
 
 
@@ -235,13 +235,13 @@ def test_logit_scale_fixed_or_learned(tiny):
     assert isinstance(learned.log_logit_scale, torch.nn.Parameter)
     assert learned.log_logit_scale.item() == pytest.approx(math.log(1 / 0.07))
     assert learned.logit_scale.item() == pytest.approx(1 / 0.07)
-    assert learned.trainable_parameter_table()[-2]["encoder"] == "logit scale"
+    assert parameter_table(learned)[-2]["encoder"] == "logit scale"
 
 
 def test_parameter_rows_on_meta_equal_a_real_build():
     cfg = load_config("tiny")
-    real = build_model(cfg.model, pretrained=False).trainable_parameter_table()
-    assert parameter_rows(cfg) == real
+    real = parameter_table(build_model(cfg.model, pretrained=False))
+    assert parameter_rows(cfg.model) == real
     rows = {r["encoder"]: r for r in real}
     # tiny: hidden 32, r=2 on query+value of 2 layers: 2 * 2 * (2*32 + 32*2) = 512 LoRA; head 32*16+16 = 528
     assert rows["image"]["lora"] == 512 and rows["image"]["head"] == 528 and rows["image"]["trainable"] == 1040

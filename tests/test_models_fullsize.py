@@ -16,7 +16,7 @@ IDT_5M_TRAINABLE = {"image": 738_048, "dna": 738_048, "text": 426_752, "all": 1_
 
 
 def test_idt_5m_trainable_parameters_are_the_papers():
-    rows = {r["encoder"]: r for r in parameter_rows(load_config("idt-5m"))}
+    rows = {r["encoder"]: r for r in parameter_rows(load_config("idt-5m").model)}
     assert {name: rows[name]["trainable"] for name in IDT_5M_TRAINABLE} == IDT_5M_TRAINABLE
     assert rows["image"]["lora"] == 147_456 and rows["image"]["head"] == 590_592
     assert rows["dna"]["lora"] == 147_456 and rows["dna"]["head"] == 590_592

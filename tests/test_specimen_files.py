@@ -146,7 +146,8 @@ def test_encode_specimens_matches_the_dataset_path(sample_h5, tmp_path):
     cfg = load_config("tiny", [], [f"data.hdf5={sample_h5}"])
     torch.manual_seed(0)
     model = build_embedding_model(cfg, None)
-    ds = EvalDataset(cfg.data.hdf5, "val_seen", cfg)
+    ds = EvalDataset(cfg.data.hdf5, "val_seen", cfg.data, modalities=cfg.model.modalities,
+                     tokenizer=cfg.model.text.tokenizer)  # fmt: skip
     ids = [str(s) for s in ds.sample_ids[:3]]
     expected = encode_group(model, ds, device=torch.device("cpu"), batch_size=8)
     broken = tmp_path / "broken.jpg"

@@ -65,7 +65,7 @@ def test_refuses_to_overwrite_a_run_and_to_resume_nothing(sample_h5, tmp_path):
     result = run_cli("train", "--preset", "tiny", "--set", f"data.hdf5={sample_h5}", cwd=tmp_path)
     one_error(result, "runs/tiny already holds a run", "--resume", "--out runs/tiny-2")
     result = run_cli("train", "--out", "runs/other", "--resume", cwd=tmp_path)
-    one_error(result, "nothing to resume: runs/other does not exist")
+    one_error(result, "run directory runs/other does not exist (runs in runs/: tiny)", "without --resume")
 
 
 @pytest.mark.slow

@@ -105,7 +105,7 @@ def _worker(h5: str, report: str, embed_out: str) -> None:
     from bioclip_cli.data.sampler import EpochSampler
     from bioclip_cli.models.build import build_model
     from bioclip_cli.models.loss import ClipLoss
-    from bioclip_cli.workflows.accelerator import make_accelerator
+    from bioclip_cli.runs.accelerator import make_accelerator
     from bioclip_cli.workflows.embed import embed, plan_embedding
 
     torch.set_num_threads(1)
@@ -113,7 +113,8 @@ def _worker(h5: str, report: str, embed_out: str) -> None:
     cfg = load_config("tiny", sets=sets)
     acc = make_accelerator()
     rank, world = acc.process_index, acc.num_processes
-    data = TrainDataset(h5, cfg.data.train_group, cfg)
+    data = TrainDataset(h5, cfg.data.train_group, cfg.data, modalities=cfg.model.modalities,
+                        tokenizer=cfg.model.text.tokenizer, seed=cfg.train.seed)  # fmt: skip
     sampler = EpochSampler(len(data), 8, seed=cfg.train.seed, rank=rank, world=world)
     sampler.set_epoch(1)
     rows = next(iter(sampler))
@@ -123,7 +124,7 @@ def _worker(h5: str, report: str, embed_out: str) -> None:
     ddp = acc.prepare(model)
     ddp.eval()  # no dropout, so that the single-process reference computes the same function
     loss = ClipLoss(gather=True)(
-        ddp(batch_to_device(collate([data[i] for i in rows]), acc.device, cfg)), model.logit_scale
+        ddp(batch_to_device(collate([data[i] for i in rows]), acc.device, cfg.data.image)), model.logit_scale
     )
     acc.backward(loss)
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -136,7 +137,7 @@ def _worker(h5: str, report: str, embed_out: str) -> None:
         set_seed(0)
         ref = build_model(cfg.model).eval()
         ref_loss = ClipLoss(gather=False)(
-            ref(batch_to_device(collate([data[i] for i in ref_rows]), acc.device, cfg)), ref.logit_scale
+            ref(batch_to_device(collate([data[i] for i in ref_rows]), acc.device, cfg.data.image)), ref.logit_scale
         )
         ref_loss.backward()
         ref_grads = {n: p.grad for n, p in ref.named_parameters() if p.grad is not None}

@@ -13,10 +13,10 @@ from bioclip_cli.config import load_config, save_config
 from bioclip_cli.config.schema import TrainConfig
 from bioclip_cli.data.sampler import EpochSampler, epoch_permutation, shard_rows
 from bioclip_cli.errors import ConfigError, DataError
-from bioclip_cli.workflows.optim import build_optimizer, build_scheduler, current_lr, effective_lr
-from bioclip_cli.workflows.run_dir import RunDir, list_runs, resolve_run, run_checkpoint
-from bioclip_cli.workflows.train import changed_settings
-from bioclip_cli.workflows.train_state import weights_digest
+from bioclip_cli.models.optim import build_optimizer, build_scheduler, current_lr, effective_lr
+from bioclip_cli.runs.resume import changed_settings
+from bioclip_cli.runs.run_dir import RunDir, list_runs, resolve_run, run_checkpoint
+from bioclip_cli.runs.train_state import weights_digest
 
 # ---------------------------------------------------------------------------------------------- sampler
 

@@ -20,7 +20,7 @@ EXAMPLES = examples(
 def _console_events():
     """Stage headers, one line per training evaluation, and the training parameter count."""
     from bioclip_cli.cli import output
-    from bioclip_cli.workflows.demo import DemoEvents
+    from bioclip_cli.pipelines.demo import DemoEvents
 
     class ConsoleEvents(DemoEvents):
         def stage(self, number: int, total: int, title: str) -> None:
@@ -71,7 +71,7 @@ def command(
     """
     from bioclip_cli.cli import output
     from bioclip_cli.errors import BioclipError
-    from bioclip_cli.workflows.demo import COMPARED_LEVELS, run_demo
+    from bioclip_cli.pipelines.demo import COMPARED_LEVELS, run_demo
 
     if threads < 0:
         raise BioclipError(f"--threads must be 0 (torch's default) or more, got {threads}")
@@ -85,7 +85,8 @@ def command(
             shown[level] = f"{before:5.1f} -> {after:5.1f} ({after - before:+5.1f})"
         rows.append(shown)
     summary = {"out": str(result.out), "comparison": result.comparison_rows(percent=False), "seconds": result.seconds,
-               "files": result.files, "before": result.baseline["results"], "after": result.trained["results"]}  # fmt: skip
+               "files": result.files, "before": result.baseline.to_json()["results"],
+               "after": result.trained.to_json()["results"]}  # fmt: skip
     title = "Micro top-1 accuracy (%), untrained -> trained, on the sample's val queries"
     if output.emit(summary["comparison"], format, output_file, title=title, json_obj=summary, table_rows=rows):
         output.print_table(result.files, title=f"Where everything went ({result.out})", fold=True)

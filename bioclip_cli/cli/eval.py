@@ -132,7 +132,6 @@ def command(
     fractions (the ones --csv writes); --json FILE and --csv FILE write them beside the printed table.
     """
     from bioclip_cli.cli import output
-    from bioclip_cli.retrieval.evaluation import result_rows
 
     output.check_outputs(json_out, csv_out, per_class, output_file)
     ks = _int_list(k, "--k")
@@ -149,32 +148,32 @@ def command(
 
     shown = [
         {c.replace(" ", "\n"): f"{v:5.1f}" if isinstance(v, float) else v for c, v in row.items()}
-        for row in result_rows(result, percent=True)
+        for row in result.rows(percent=True)
     ]
-    n = result["n_queries"]
+    n = result.n_queries
     source = run if run is not None else embeddings
-    results = {c: v for c, v in result.items() if c != "per_class"}
+    results = result.to_json(per_class=False)
     output.emit(
-        result_rows(result),
+        result.rows(),
         format,
         output_file,
-        title=f"Top-k accuracy (%) — {source}: {n['seen']} seen, {n['unseen']} unseen queries, {result['n_keys']} keys",
+        title=f"Top-k accuracy (%) — {source}: {n['seen']} seen, {n['unseen']} unseen queries, {result.n_keys} keys",
         json_obj=results,
         table_rows=shown,
     )
-    for note in result.get("notes", []):
+    for note in result.notes:
         output.warning(note)
-    if "search" in result:
-        s = result["search"]
-        worst = min(s["recall_at_k"].values())
-        output.info(f"ivf index: {s['nlist']} lists, nprobe {s['nprobe']}; recall@{result['k'][-1]} vs exact "
-                    f"on {s['recall_sample']} queries: lowest {worst:.3f} over the pairs (see --json)")  # fmt: skip
+    if result.search is not None:
+        s = result.search
+        worst = min(s.recall_at_k.values())
+        output.info(f"ivf index: {s.nlist} lists, nprobe {s.nprobe}; recall@{result.k[-1]} vs exact "
+                    f"on {s.recall_sample} queries: lowest {worst:.3f} over the pairs (see --json)")  # fmt: skip
     if json_out:
         output.write_json(json_out, results)
     if csv_out:
-        output.write_csv(csv_out, result_rows(result))
+        output.write_csv(csv_out, result.rows())
     if per_class is not None:
-        output.write_csv(per_class, result["per_class"])
+        output.write_csv(per_class, result.per_class)
     if run is not None:
         output.success(f"saved {run_results_path(run, split)}")
 
@@ -183,7 +182,7 @@ def _hybrid(run, embeddings, method, tau, ks, levels, device, format, output_fil
     """`--hybrid one|two`: the hybrid rules on a run (workflows/hybrid_eval.py), shown like the evaluation."""
     from bioclip_cli.cli import output
     from bioclip_cli.errors import BioclipError
-    from bioclip_cli.retrieval.evaluation import result_rows
+    from bioclip_cli.retrieval.eval_result import json_rows
     from bioclip_cli.workflows.hybrid_eval import evaluate_hybrid_run, hybrid_results_path
 
     if method is None:
@@ -195,11 +194,11 @@ def _hybrid(run, embeddings, method, tau, ks, levels, device, format, output_fil
     h, n = result["hybrid"], result["n_queries"]
     shown = [
         {c.replace(" ", "\n"): f"{v:5.1f}" if isinstance(v, float) else v for c, v in row.items()}
-        for row in result_rows(result, percent=True)
+        for row in json_rows(result, percent=True)
     ]
     title = (f"Hybrid method {method} (%) — {run}, {h['applied_to']}: {n['seen']} seen, {n['unseen']} unseen "
              f"queries; tau {h['tau']:.4f} ({'fixed' if tau is not None else 'from val'})")  # fmt: skip
-    output.emit(result_rows(result), format, output_file, title=title, json_obj=result, table_rows=shown)
+    output.emit(json_rows(result), format, output_file, title=title, json_obj=result, table_rows=shown)
     for note in result.get("notes", []):
         output.warning(note)
     output.info(f"tau = {h['tau']:.6f}; validation grid ({h['grid_points']} points): best H of micro top-1 species "
@@ -207,5 +206,5 @@ def _hybrid(run, embeddings, method, tau, ks, levels, device, format, output_fil
     if json_out:
         output.write_json(json_out, result)
     if csv_out:
-        output.write_csv(csv_out, result_rows(result))
+        output.write_csv(csv_out, json_rows(result))
     output.success(f"saved {hybrid_results_path(run, method)}")

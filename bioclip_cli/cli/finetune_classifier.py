@@ -43,7 +43,9 @@ def command(
     seed: Annotated[
         int | None, typer.Option("--seed", help="Default: the run's train.seed.", show_default=False)
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last finished epoch.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the saved state: the last epoch, or where Ctrl-C stopped.")
+    ] = False,
     which: Annotated[str, typer.Option("--which", help="Checkpoint of the run to start from: best or last.")] = "best",
     format: FormatOpt = "table",
     output_file: OutputOpt = None,

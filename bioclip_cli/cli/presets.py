@@ -62,7 +62,7 @@ def command(
     if params:
         from bioclip_cli.models.summary import parameter_rows
 
-        rows = parameter_rows(cfg)
+        rows = parameter_rows(cfg.model)
         shown = [{k: f"{v:,}" if isinstance(v, int) else v for k, v in row.items()} for row in rows]
         output.emit(
             rows, format, output_file, title=f"{cfg.name}: parameters (random weights, no download)", table_rows=shown

@@ -46,15 +46,17 @@ def _console_events(tables_to_stderr: bool = False):
             shown = [{k: f"{v:,}" if isinstance(v, int) else v for k, v in row.items()} for row in rows]
             output.print_table(shown, title="parameters", stream=stream)
 
-        def evaluated(self, epoch: float, step: int, result: dict, selection: dict) -> None:
-            k, levels = str(result["k"][0]), result["levels"][-2:]  # compact: the two finest levels
+        def evaluated(self, epoch: float, step: int, result, selection: dict) -> None:
+            from bioclip_cli.retrieval.eval_result import pair_label
+
+            k, levels = result.k[0], result.levels[-2:]  # compact: the two finest levels
             rows = []
-            for pair, cell in result["results"].items():
-                row = {"query|key": pair}
-                for part in (p for p in ("seen", "unseen", "harmonic_mean") if p in cell):
+            for query, key in result.combinations:
+                row = {"query|key": pair_label(query, key)}
+                for split in result.splits(query, key):
                     for level in levels:
-                        name = "H.M." if part == "harmonic_mean" else part
-                        row[f"{name} {level}"] = f"{100 * cell[part]['micro'][k][level]:5.1f}"
+                        name = "H.M." if split == "harmonic_mean" else split
+                        row[f"{name} {level}"] = f"{100 * result.accuracy(query, key, split, 'micro', k, level):5.1f}"
                 rows.append(row)
             output.print_table(rows, title=f"epoch {epoch} (step {step}): micro top-{k} accuracy (%)", stream=stream)
             mark = (
@@ -113,7 +115,7 @@ def command(
     from bioclip_cli.cli import output
     from bioclip_cli.config import load_config
     from bioclip_cli.errors import BioclipError
-    from bioclip_cli.workflows.run_dir import default_run_dir
+    from bioclip_cli.runs.run_dir import default_run_dir
 
     sets = [*(set_ or []), *_flag_sets(epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                                        num_workers=num_workers, seed=seed, precision=precision, report_to=report_to)]  # fmt: skip

@@ -21,8 +21,11 @@ slot, so :func:`collate` hands the batch on without copying it; the barcodes are
   ``.sample_ids`` for the embedding files.
 
 Text comes from the stored ``language_tokens_*`` when ``data.text.use_stored_tokens`` and the file has
-them with the configured length (compat); otherwise the taxonomy strings are tokenised with
-``model.text.tokenizer``, once per distinct string.
+them with the configured length (compat); otherwise the taxonomy strings are tokenised with `tokenizer`
+(the text model's, ``model.text.tokenizer``), once per distinct string.
+
+The datasets take what they read, not the whole run configuration: the :class:`DataConfig` (image, DNA and
+text settings), the `modalities` to load, the text `tokenizer` and, for training, the augmentation `seed`.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bioclip_cli.config.schema import MODALITIES, RunConfig
+from bioclip_cli.config.schema import MODALITIES, DataConfig, ImageDataConfig
 from bioclip_cli.data.dna import kmer_tokenize
 from bioclip_cli.data.hdf5 import TOKEN_PREFIX, BioscanH5
 from bioclip_cli.data.images import AugmentPlan, EvalTransform, TrainTransform, pixels_to_float
@@ -58,14 +61,11 @@ class _GroupDataset(torch.utils.data.Dataset):
     train = False
 
     def __init__(
-        self,
-        h5_path: str | Path,
-        group: str,
-        cfg: RunConfig,
-        modalities: Sequence[str] | None = None,
+        self, h5_path: str | Path, group: str, data: DataConfig, *, modalities: Sequence[str], tokenizer: str | None
     ):
-        self.cfg = cfg
-        self.modalities = tuple(modalities if modalities is not None else cfg.model.modalities)
+        self.data = data
+        self.tokenizer = tokenizer
+        self.modalities = tuple(modalities)
         bad = [m for m in self.modalities if m not in MODALITIES]
         if bad:
             raise ValueError(f"unknown modalities {bad}; expected some of {MODALITIES}")
@@ -76,7 +76,7 @@ class _GroupDataset(torch.utils.data.Dataset):
         for modality in self.modalities:
             for name in needs[modality]:
                 self.reader.dataset(name)  # DataError naming file, group and what exists
-        self.transform = (TrainTransform if self.train else EvalTransform)(cfg.data.image)
+        self.transform = (TrainTransform if self.train else EvalTransform)(data.image)
         self.skipped_rows = 0  # training rows dropped for an unreadable image, in this process
         self._text_codes: np.ndarray | None = None
         self._text_tokens: dict[str, np.ndarray] | None = None
@@ -85,10 +85,10 @@ class _GroupDataset(torch.utils.data.Dataset):
             self._prepare_text()
 
     def _prepare_text(self) -> None:
-        max_len = self.cfg.data.text.max_len
+        max_len = self.data.text.max_len
         reader = self.reader
         if (
-            self.cfg.data.text.use_stored_tokens
+            self.data.text.use_stored_tokens
             and reader.has_language_tokens()
             and reader.dataset(TOKEN_PREFIX + "input_ids").shape[1] == max_len
         ):
@@ -99,7 +99,9 @@ class _GroupDataset(torch.utils.data.Dataset):
         tax = reader.taxonomy()
         text = taxonomy_strings(*(tax[level] for level in LEVELS))
         unique, codes = np.unique(text.astype(str), return_inverse=True)
-        tokenizer = load_text_tokenizer(self.cfg.model.text.tokenizer)
+        if self.tokenizer is None:
+            raise ValueError(f"{self.group}: the text modality needs the text model's `tokenizer`")
+        tokenizer = load_text_tokenizer(self.tokenizer)
         self._text_codes = codes.astype(np.int64).ravel()
         self._text_tokens = tokenize_taxonomy(tokenizer, list(unique), max_len)
 
@@ -151,7 +153,7 @@ class _GroupDataset(torch.utils.data.Dataset):
 
     def _skip(self, error: DataError) -> bool:
         """True when a training row with an unreadable image is dropped from its batch (`data.bad_images`)."""
-        if not self.train or self.cfg.data.bad_images != "skip":
+        if not self.train or self.data.bad_images != "skip":
             return False
         self.skipped_rows += 1
         print(f"Warning: skipped {error.message}", file=sys.stderr, flush=True)
@@ -165,7 +167,7 @@ class _GroupDataset(torch.utils.data.Dataset):
         items: list[dict] = [{"index": i} for i in rows]
         bad: set[int] = set()  # training rows dropped for an unreadable image (data.bad_images: skip)
         if "image" in self.modalities:
-            size = self.cfg.data.image.crop
+            size = self.data.image.crop
             if self.train and len(rows) == 1 and torch.utils.data.get_worker_info() is None:
                 # one item (``ds[i]``) outside a worker: numpy memory, the cheapest tensor to make (a batch
                 # tensor and its per-item views cost some 40 us more per item than the whole of this)
@@ -203,7 +205,7 @@ class _GroupDataset(torch.utils.data.Dataset):
                     item["image"] = slot
         few = len(rows) < _BATCH_READ_ROWS  # per-row reads; a batch reads each column once
         if "dna" in self.modalities:  # one tokenizer call for the batch
-            d = self.cfg.data.dna
+            d = self.data.dna
             reader = self.reader
             barcodes = [reader.string("barcode", i) for i in rows] if few else list(reader.barcodes(rows))
             ids, mask = kmer_tokenize(barcodes, d.k, d.max_len, d.prefix_id, d.gaps)
@@ -238,7 +240,8 @@ class _GroupDataset(torch.utils.data.Dataset):
 
 
 class TrainDataset(_GroupDataset):
-    """Training items of one group (default `data.train_group`), with the seeded augmentation."""
+    """Training items of one group (usually `data.train_group`), with the augmentation seeded by `seed`
+    (`train.seed`)."""
 
     train = True
 
@@ -246,12 +249,14 @@ class TrainDataset(_GroupDataset):
         self,
         h5_path: str | Path,
         group: str,
-        cfg: RunConfig,
-        modalities: Sequence[str] | None = None,
-        seed: int | None = None,
+        data: DataConfig,
+        *,
+        modalities: Sequence[str],
+        seed: int,
+        tokenizer: str | None = None,
     ):
-        super().__init__(h5_path, group, cfg, modalities)
-        self.seed = cfg.train.seed if seed is None else int(seed)
+        super().__init__(h5_path, group, data, modalities=modalities, tokenizer=tokenizer)
+        self.seed = int(seed)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -267,8 +272,16 @@ class EvalDataset(_GroupDataset):
 
     train = False
 
-    def __init__(self, h5_path: str | Path, group: str, cfg: RunConfig, modalities: Sequence[str] | None = None):
-        super().__init__(h5_path, group, cfg, modalities)
+    def __init__(
+        self,
+        h5_path: str | Path,
+        group: str,
+        data: DataConfig,
+        *,
+        modalities: Sequence[str],
+        tokenizer: str | None = None,
+    ):
+        super().__init__(h5_path, group, data, modalities=modalities, tokenizer=tokenizer)
         self._labels: dict[str, np.ndarray] | None = None
         self._ids: np.ndarray | None = None
 
@@ -313,12 +326,13 @@ def collate(items: Sequence[dict]) -> dict[str, torch.Tensor]:
     return out
 
 
-def batch_to_device(batch: dict[str, torch.Tensor], device, cfg: RunConfig) -> dict[str, torch.Tensor]:
+def batch_to_device(batch: dict[str, torch.Tensor], device, image: ImageDataConfig) -> dict[str, torch.Tensor]:
     """Move a collated batch to `device` and make uint8 training images the model's float32 input there
-    (:func:`~bioclip_cli.data.images.pixels_to_float`); float images pass unchanged."""
+    (:func:`~bioclip_cli.data.images.pixels_to_float` with the `image` settings, `data.image`); float
+    images pass unchanged."""
     out = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
     if "image" in out:
-        out["image"] = pixels_to_float(out["image"], cfg.data.image)
+        out["image"] = pixels_to_float(out["image"], image)
     return out
 
 

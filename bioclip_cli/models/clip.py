@@ -108,9 +108,3 @@ class BioClipModel(nn.Module):
                 backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
             else:
                 backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-    def trainable_parameter_table(self) -> list[dict]:
-        """Rows of total / trainable / LoRA / head parameters per encoder, and an `all` row."""
-        from bioclip_cli.models.summary import parameter_table
-
-        return parameter_table(self)

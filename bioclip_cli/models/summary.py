@@ -1,4 +1,9 @@
-"""Parameter counts per encoder: total, trainable, LoRA, head (for `presets --params` and training start)."""
+"""The parameter table: counts per encoder (total, trainable, LoRA, head), for `presets --params` and the
+start of training.
+
+It sits above :mod:`.build` (it builds a model to count a configuration's parameters); the model classes
+do not import it, so the models layer has no import circle.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,8 @@ import dataclasses
 
 from torch import nn
 
-from bioclip_cli.config.schema import RunConfig
+from bioclip_cli.config.schema import ModelConfig
+from bioclip_cli.models.build import build_model
 
 
 def _count(params) -> int:
@@ -46,14 +52,12 @@ def parameter_table(model: nn.Module) -> list[dict]:
     return rows
 
 
-def parameter_rows(cfg: RunConfig) -> list[dict]:
-    """The parameter table of `cfg`'s model, built with random weights on the meta device: no download,
-    no memory, no checkpoint."""
+def parameter_rows(model_cfg: ModelConfig) -> list[dict]:
+    """The parameter table of the model of `model_cfg`, built with random weights on the meta device: no
+    download, no memory, no checkpoint."""
     import torch
 
-    from bioclip_cli.models.build import build_model
-
-    model_cfg = dataclasses.replace(cfg.model, checkpoint=None)
+    model_cfg = dataclasses.replace(model_cfg, checkpoint=None)
     with torch.device("meta"):
         model = build_model(model_cfg, pretrained=False)
     return parameter_table(model)

@@ -3,14 +3,10 @@
 Queries are the seen and unseen groups, keys one pool (`all_keys`). Each query feature is searched against
 each key feature of the same width (image, dna, text, avg, concat; keys also `all`): exact inner product on
 re-L2-normalised float32 vectors (faiss `IndexFlatIP`), top max(k) keys, and micro/macro top-k accuracy
-per taxonomic level, seen and unseen, with their harmonic mean. The result is a JSON-ready dict::
-
-    {"results": {"image|dna": {"seen": {"micro": {"1": {"order": f, ...}, ...}, "macro": {...}},
-                               "unseen": {...}, "harmonic_mean": {"micro": {...}, "macro": {...}}}, ...},
-     "k": [1, 3, 5], "levels": [...], "n_queries": {"seen": n, "unseen": n}, "n_keys": n, "inputs": {...}}
-
-plus `"notes"` (e.g. an empty unseen group), `"search"` (the IVF settings and recall, `index="ivf"`) and
-`"per_class"` rows (`per_class=True`) when they apply. Accuracies are fractions in [0, 1].
+per taxonomic level, seen and unseen, with their harmonic mean. The result is an
+:class:`~bioclip_cli.retrieval.eval_result.EvalResult` (its `to_json()` is the published JSON shape), with
+notes (e.g. an empty unseen group), the IVF settings and recall (`index="ivf"`) and the per-class rows
+(`per_class=True`) when they apply. Accuracies are fractions in [0, 1].
 """
 
 from __future__ import annotations
@@ -33,6 +29,7 @@ from bioclip_cli.data.embedding_file import (
 )
 from bioclip_cli.errors import BioclipError, DataError
 from bioclip_cli.progress import progress_bar
+from bioclip_cli.retrieval.eval_result import EvalResult, Pair, SearchReport, nested_scores, pair_label
 from bioclip_cli.retrieval.metrics import encode_labels, harmonic_means, per_class_accuracy, topk_accuracy
 from bioclip_cli.retrieval.screened_search import exact_index
 from bioclip_cli.retrieval.search import IVFIndex, l2_normalize
@@ -227,7 +224,7 @@ def _combinations(
     ks = list(keys) if keys else [n for n in KEY_FEATURES if n in k_widths]
     pairs = [(q, k) for q in dict.fromkeys(qs) for k in dict.fromkeys(ks)]
     combos = [(q, k) for q, k in pairs if q_widths[q] == k_widths[k]]
-    skipped = [f"{q}|{k} ({q_widths[q]} vs {k_widths[k]})" for q, k in pairs if q_widths[q] != k_widths[k]]
+    skipped = [f"{pair_label(q, k)} ({q_widths[q]} vs {k_widths[k]})" for q, k in pairs if q_widths[q] != k_widths[k]]
     if not combos:
         detail = "; ".join(skipped) or "no query or key features in the file"
         raise DataError(source.where, f"no query/key pair of equal width to evaluate: {detail}")
@@ -251,7 +248,7 @@ def _evaluate(
     per_class: bool,
     inputs: dict,
     search: str = "screened",
-) -> dict:
+) -> EvalResult:
     ks = sorted({int(k) for k in ks})
     levels = list(levels)
     if not ks or ks[0] < 1:
@@ -278,8 +275,8 @@ def _evaluate(
     total = bounds[-1]
 
     unit_queries: dict[str, np.ndarray] = {}
-    results: dict[str, dict] = {}
-    recalls: dict[str, float] = {}
+    results: dict[Pair, dict] = {}
+    recalls: dict[Pair, float] = {}
     ivf_settings = None
     per_class_rows: list[dict] = []
     key_order = list(dict.fromkeys(k for _, k in combos))
@@ -301,10 +298,10 @@ def _evaluate(
             for query in [q for q, k in combos if k == key]:
                 if query not in unit_queries:
                     unit_queries[query] = np.concatenate([_load_unit(source, s, query) for s in splits])
-                bar.update(description=f"Searching {query}|{key}")
+                bar.update(description=f"Searching {pair_label(query, key)}")
                 _, neighbors = searcher.search(unit_queries[query], ks[-1], normalize=False, progress=bar.advance)
                 if index == "ivf":
-                    recalls[f"{query}|{key}"], _ = searcher.recall(
+                    recalls[(query, key)], _ = searcher.recall(
                         unit_queries[query], neighbors, sample=_RECALL_SAMPLE, normalize=False
                     )
                 cell = {}
@@ -316,31 +313,21 @@ def _evaluate(
                             per_class_rows.append({"query": query, "key": key, "split": split, **row})
                 if len(splits) == 2:
                     cell["harmonic_mean"] = harmonic_means(cell["seen"], cell["unseen"])
-                results[f"{query}|{key}"] = cell
+                results[(query, key)] = nested_scores(cell)
             del unit_keys, searcher
 
-    out = {
-        "results": {f"{q}|{k}": results[f"{q}|{k}"] for q, k in combos},
-        "k": ks,
-        "levels": levels,
-        "n_queries": n_queries,
-        "n_keys": n_keys,
-        "inputs": {**inputs, "index": index, **({"search": search} if index == "flat" else {})},
-    }
-    if notes:
-        out["notes"] = notes
+    report = None
     if index == "ivf":
-        out["search"] = {
-            "index": "ivf",
-            "nlist": ivf_settings.nlist,
-            "nprobe": ivf_settings.nprobe,
-            "recall_sample": min(_RECALL_SAMPLE, int(total)),
-            "recall_at_k": {c: recalls[c] for c in out["results"]},
-        }
+        recall_at_k = {pair: recalls[pair] for pair in combos}
+        report = SearchReport(ivf_settings.nlist, ivf_settings.nprobe, min(_RECALL_SAMPLE, int(total)), recall_at_k)
     if per_class:
-        order = {f"{q}|{k}": i for i, (q, k) in enumerate(combos)}
-        out["per_class"] = sorted(per_class_rows, key=lambda r: order[f"{r['query']}|{r['key']}"])
-    return out
+        order = {pair: i for i, pair in enumerate(combos)}
+        per_class_rows.sort(key=lambda r: order[(r["query"], r["key"])])
+    return EvalResult(
+        {pair: results[pair] for pair in combos}, ks, levels, n_queries, n_keys,
+        {**inputs, "index": index, **({"search": search} if index == "flat" else {})},
+        notes, report, per_class_rows if per_class else None,
+    )  # fmt: skip
 
 
 def evaluate_embeddings(
@@ -355,7 +342,7 @@ def evaluate_embeddings(
     device: str = "auto",
     per_class: bool = False,
     search: str = "screened",
-) -> dict:
+) -> EvalResult:
     """Evaluate an extracted-embedding file (ours or a released one) with its labels JSON.
 
     `queries`/`keys` pick feature names (image, dna, text, avg, concat; keys also all); by default every
@@ -372,7 +359,7 @@ def evaluate_embeddings(
         return _evaluate_file(ef, queries, keys, ks, levels, index, device, per_class, search)
 
 
-def _evaluate_file(ef, queries, keys, ks, levels, index, device, per_class, search) -> dict:
+def _evaluate_file(ef, queries, keys, ks, levels, index, device, per_class, search) -> EvalResult:
     inputs = {"embeddings": str(ef.h5_path), "labels": str(ef.labels_path)}
     return _evaluate(
         _FileSource(ef), queries=queries, keys=keys, ks=ks, levels=levels, index=index, device=device,
@@ -394,7 +381,7 @@ def evaluate_arrays(
     device: str = "auto",
     per_class: bool = False,
     search: str = "screened",
-) -> dict:
+) -> EvalResult:
     """The same evaluation on in-memory embeddings (e.g. inside training); same result structure.
 
     `query_feats = {"seen": {"image": [N, d], "dna": ...}, "unseen": {...}}` and `key_feats = {"image": ...}`
@@ -411,31 +398,3 @@ def evaluate_arrays(
         source, queries=queries, keys=keys, ks=ks, levels=levels, index=index, device=device,
         per_class=per_class, inputs={"embeddings": "arrays"}, search=search,
     )  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------------------- views
-
-
-def result_rows(result: dict, *, percent: bool = False) -> list[dict]:
-    """The paper-like table: one row per combination x metric x k; seen, unseen, then H.M. per level."""
-    scale = 100.0 if percent else 1.0
-    rows = []
-    for combo, cell in result["results"].items():
-        query, key = combo.split("|")
-        parts = [p for p in ("seen", "unseen", "harmonic_mean") if p in cell]
-        for metric in ("micro", "macro"):
-            for k in result["k"]:
-                row = {"query": query, "key": key, "metric": metric, "k": k}
-                for part in parts:
-                    label = "H.M." if part == "harmonic_mean" else part
-                    for level in result["levels"]:
-                        row[f"{label} {level}"] = cell[part][metric][str(k)][level] * scale
-                rows.append(row)
-    return rows
-
-
-def mean_seen_unseen(result: dict, query: str, key: str, average: str, k: int, level: str) -> float:
-    """One cell averaged over the query splits present (training's `best` checkpoint criterion)."""
-    cell = result["results"][f"{query}|{key}"]
-    values = [cell[s][average][str(k)][level] for s in QUERY_GROUPS if s in cell]
-    return float(sum(values) / len(values))

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bioclip_cli.config.schema import LEVELS
+from bioclip_cli.retrieval.eval_result import pair_label
 from bioclip_cli.retrieval.metrics import harmonic_means, topk_accuracy_of_labels
 
 METHODS = ("one", "two")
@@ -164,7 +165,7 @@ def evaluate_hybrid(
     cell = hybrid_accuracy(applied, chosen, ks, levels)
     val_at_tau = [float(top1_accuracy_curve(val[s], np.array([chosen]))[0]) for s in SPLITS]
     return {
-        "results": {f"image|hybrid-{method}": cell},
+        "results": {pair_label("image", f"hybrid-{method}"): cell},
         "k": ks,
         "levels": list(levels),
         "n_queries": {s: applied[s].n for s in SPLITS},

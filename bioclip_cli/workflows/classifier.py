@@ -17,8 +17,12 @@ there is no image head) on the validation seen group.
 
 Everything goes to `RUN/classifier/` (a run-directory layout of its own): `checkpoints/last`,
 `checkpoints/best` (best validation top-1), `checkpoints/resume` (Accelerate's full state + progress,
-written at every epoch's end), `metrics.jsonl` and `settings.json`. `resume=True` continues from the last
-finished epoch; 1 epoch + a resumed second end with the same weights as 2 epochs in one go.
+written at every epoch's end), `metrics.jsonl` and `settings.json`. A first Ctrl-C stops after the current
+step, saves the resumable state there and raises :class:`~bioclip_cli.errors.Interrupted` (as `bioclip train`).
+`resume=True` continues from the saved state (an epoch's end, or the step a Ctrl-C stopped at): 1 epoch + a
+resumed second, or a run stopped mid-epoch and resumed, end with the same weights as 2 epochs in one go, bit for
+bit, on the same device and intra-op thread count (CPU kernels split their sums by thread, so a run on 1 thread
+and one on 2 differ in the last bits).
 """
 
 from __future__ import annotations
@@ -35,9 +39,16 @@ from bioclip_cli.atomic_write import write_text
 from bioclip_cli.config import load_config, save_config
 from bioclip_cli.config.schema import LEVELS, RunConfig
 from bioclip_cli.data.taxonomy import NOT_CLASSIFIED
-from bioclip_cli.errors import BioclipError, ConfigError, DataError
-from bioclip_cli.workflows.run_dir import RunDir, resolve_run, run_checkpoint
-from bioclip_cli.workflows.train_state import PROGRESS_FILE, MetricsLog, TrainProgress, save_training_state
+from bioclip_cli.errors import BioclipError, ConfigError, DataError, Interrupted
+from bioclip_cli.runs.run_dir import RunDir, resolve_run, run_checkpoint
+from bioclip_cli.runs.train_state import (
+    PROGRESS_FILE,
+    MetricsLog,
+    StopRequest,
+    TrainProgress,
+    any_process,
+    save_training_state,
+)
 
 CLASSIFIER_DIR = "classifier"
 SETTINGS_FILE = "settings.json"
@@ -226,13 +237,12 @@ def finetune_classifier(
     import torch
     from accelerate.utils import set_seed
 
-    from bioclip_cli.data.datasets import EvalDataset, TrainDataset, batch_to_device, collate
+    from bioclip_cli.data.datasets import EvalDataset, TrainDataset
     from bioclip_cli.data.hdf5 import BioscanH5
     from bioclip_cli.data.sampler import EpochSampler
-    from bioclip_cli.models.classifier import SpeciesClassifier, save_classifier
+    from bioclip_cli.models.classifier import SpeciesClassifier
     from bioclip_cli.models.encode import build_embedding_model
-    from bioclip_cli.progress import progress_bar
-    from bioclip_cli.workflows.accelerator import make_accelerator
+    from bioclip_cli.runs.accelerator import make_accelerator
 
     with BioscanH5(cfg.data.hdf5) as h5:
         group = training_group(h5, group, cfg.data.dataset)
@@ -243,7 +253,8 @@ def finetune_classifier(
 
     accelerator = make_accelerator()
     main, world, device = accelerator.is_main_process, accelerator.num_processes, accelerator.device
-    dataset = TrainDataset(cfg.data.hdf5, group, cfg, modalities=modalities, seed=seed)
+    dataset = TrainDataset(cfg.data.hdf5, group, cfg.data, modalities=modalities, seed=seed,
+                           tokenizer=cfg.model.text.tokenizer)  # fmt: skip
     classes, class_of_row, class_tax, rows = _training_rows(dataset, batch_size * world)
     sampler = EpochSampler(len(rows), batch_size, seed=seed, rank=accelerator.process_index, world=world)
     progress = TrainProgress(total_steps=sampler.batches_per_epoch * epochs, world=world)
@@ -269,61 +280,120 @@ def finetune_classifier(
     if resume:
         accelerator.load_state(str(crun.resume_state))
     targets = torch.from_numpy(class_of_row)
-    val = EvalDataset(cfg.data.hdf5, cfg.data.val_groups[0], cfg, modalities=modalities)
+    val = EvalDataset(cfg.data.hdf5, cfg.data.val_groups[0], cfg.data, modalities=modalities,
+                      tokenizer=cfg.model.text.tokenizer)  # fmt: skip
     val_targets = _class_codes(classes, val.labels["species"])
     scored = "image" if "image" in modalities else "dna"
     ce = torch.nn.CrossEntropyLoss()
     result = ClassifierResult(crun.root, group, len(classes), len(rows), progress.epoch, progress.step, "finished",
                               is_main=main)  # fmt: skip
     start, before = time.perf_counter(), progress.seconds
-    while progress.epoch < epochs:
-        epoch = progress.epoch
-        sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=_Rows(sampler, rows), collate_fn=collate,
-                                             num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
-                                             generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))  # fmt: skip
-        model.train()
-        losses = []
-        with progress_bar(len(sampler), f"classifier epoch {epoch + 1}/{epochs}", unit="steps") as bar:
-            for batch in loader:
-                y = targets[batch["index"]].to(device)
-                logits = model(batch_to_device(batch, device, cfg))
-                loss = sum(ce(logits[m], y) for m in raw.modalities)
-                accelerator.backward(loss)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                value = accelerator.reduce(loss.detach().float(), reduction="mean").item()
-                if not np.isfinite(value):
-                    raise BioclipError(f"the classifier's loss became {value} at step {progress.step + 1}",
-                                       "lower --lr, then resume from the last epoch with --resume")  # fmt: skip
-                losses.append(value)
-                progress.step += 1
-                progress.samples += batch_size * world
-                metrics.write({"type": "train", "epoch": epoch + len(losses) / len(sampler), "step": progress.step,
-                               "loss": value})  # fmt: skip
-                bar.advance(1)
-                bar.update(loss=f"{value:.4f}")
-        progress.epoch += 1
-        progress.seconds = before + time.perf_counter() - start
-        top1 = _top1(raw, val, val_targets, scored, device=device, batch_size=cfg.eval.batch_size,
-                     accelerator=accelerator)  # fmt: skip
-        is_best = progress.best_value is None or top1 > progress.best_value
-        if is_best:
-            progress.best_value, progress.best_epoch, progress.best_step = top1, progress.epoch, progress.step
-        record = {"type": "eval", "epoch": progress.epoch, "step": progress.step, "loss": float(np.mean(losses)),
-                  f"val_seen_top1_{scored}": top1, "is_best": is_best}  # fmt: skip
-        metrics.write(record)
-        result.epoch_losses.append(record["loss"])
-        result.val_top1.append(top1)
-        if main:
-            meta = {"epoch": progress.epoch, "step": progress.step, "val_seen_top1": top1, "scored_head": scored,
-                    **settings}  # fmt: skip
-            save_classifier(raw, crun.last, config=cfg, meta=meta)
-            if is_best:
-                save_classifier(raw, crun.best, config=cfg, meta=meta)
-        save_training_state(accelerator, crun, progress, main)
+    with StopRequest() as stop:
+        while progress.epoch < epochs:
+            epoch = progress.epoch
+            losses, interrupted = _train_epoch(
+                model, optimizer, accelerator, dataset, sampler, rows, targets, progress, metrics, stop,
+                cfg=cfg, seed=seed, epochs=epochs, batch_size=batch_size, ce=ce,
+            )  # fmt: skip
+            progress.seconds = before + time.perf_counter() - start
+            if interrupted and progress.batch < sampler.batches_per_epoch:
+                save_training_state(accelerator, crun, progress, main)
+                raise Interrupted(
+                    f"stopped the classifier at step {progress.step} (epoch {epoch + 1}, batch {progress.batch} of "
+                    f"{sampler.batches_per_epoch}); saved a resumable state in {crun.resume_state}",
+                    "continue with the same options and --resume",
+                )
+            progress.epoch, progress.batch = progress.epoch + 1, 0
+            _end_epoch(raw, val, val_targets, scored, progress, losses, metrics, result, crun, settings,
+                       cfg=cfg, device=device, accelerator=accelerator, main=main)  # fmt: skip
+            save_training_state(accelerator, crun, progress, main)
+            if progress.epoch < epochs and any_process(accelerator, stop.requested):
+                raise Interrupted(
+                    f"stopped the classifier after epoch {progress.epoch} (step {progress.step}); saved a "
+                    f"resumable state in {crun.resume_state}",
+                    "continue with the same options and --resume",
+                )
     accelerator.wait_for_everyone()
     result.epochs, result.steps, result.seconds = progress.epoch, progress.step, progress.seconds
     result.best = {"val_seen_top1": progress.best_value, "epoch": progress.best_epoch, "head": scored}
     return result
+
+
+def _logged_losses(path: Path, epoch: int, until_step: int) -> list[float]:
+    """The losses of epoch `epoch`'s steps up to `until_step` in a metrics log (those before an interruption)."""
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line]
+    return [r["loss"] for r in records
+            if r.get("type") == "train" and epoch < r["epoch"] <= epoch + 1 and r["step"] <= until_step]  # fmt: skip
+
+
+def _train_epoch(model, optimizer, accelerator, dataset, sampler, rows, targets, progress, metrics, stop, *,
+                 cfg, seed, epochs, batch_size, ce):  # fmt: skip
+    """Train the rest of epoch `progress.epoch` (from batch `progress.batch`); `(losses, interrupted)`:
+    the losses of this epoch's steps (those before a resume included, read back from the metrics log) and
+    whether a Ctrl-C stopped it after a step."""
+    import torch
+
+    from bioclip_cli.data.datasets import batch_to_device, collate
+    from bioclip_cli.models.encode import ignore_sigint
+    from bioclip_cli.progress import progress_bar
+
+    raw, device, world = accelerator.unwrap_model(model), accelerator.device, accelerator.num_processes
+    epoch = progress.epoch
+    sampler.set_epoch(epoch, start=progress.batch)
+    dataset.set_epoch(epoch)
+    workers = cfg.data.num_workers
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=_Rows(sampler, rows), collate_fn=collate,
+                                         num_workers=workers, pin_memory=device.type == "cuda",
+                                         worker_init_fn=ignore_sigint if workers else None,
+                                         generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))  # fmt: skip
+    model.train()
+    losses = _logged_losses(metrics.path, epoch, progress.step) if progress.batch else []
+    with progress_bar(sampler.batches_per_epoch, f"classifier epoch {epoch + 1}/{epochs}", unit="steps") as bar:
+        bar.update(completed=progress.batch)
+        for batch in loader:
+            y = targets[batch["index"]].to(device)
+            logits = model(batch_to_device(batch, device, cfg.data.image))
+            loss = sum(ce(logits[m], y) for m in raw.modalities)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            value = accelerator.reduce(loss.detach().float(), reduction="mean").item()
+            if not np.isfinite(value):
+                raise BioclipError(f"the classifier's loss became {value} at step {progress.step + 1}",
+                                   "lower --lr, then resume from the last epoch with --resume")  # fmt: skip
+            losses.append(value)
+            progress.step += 1
+            progress.batch += 1
+            progress.samples += batch_size * world
+            metrics.write({"type": "train", "epoch": epoch + progress.batch / sampler.batches_per_epoch,
+                           "step": progress.step, "loss": value})  # fmt: skip
+            bar.advance(1)
+            bar.update(loss=f"{value:.4f}")
+            if any_process(accelerator, stop.requested):
+                return losses, True
+    return losses, False
+
+
+def _end_epoch(raw, val, val_targets, scored, progress, losses, metrics, result, crun, settings, *, cfg, device,
+               accelerator, main):  # fmt: skip
+    """Validation top-1 after an epoch, its metrics line, and the last/best checkpoints."""
+    from bioclip_cli.models.classifier import save_classifier
+
+    top1 = _top1(raw, val, val_targets, scored, device=device, batch_size=cfg.eval.batch_size,
+                 accelerator=accelerator)  # fmt: skip
+    is_best = progress.best_value is None or top1 > progress.best_value
+    if is_best:
+        progress.best_value, progress.best_epoch, progress.best_step = top1, progress.epoch, progress.step
+    record = {"type": "eval", "epoch": progress.epoch, "step": progress.step, "loss": float(np.mean(losses)),
+              f"val_seen_top1_{scored}": top1, "is_best": is_best}  # fmt: skip
+    metrics.write(record)
+    result.epoch_losses.append(record["loss"])
+    result.val_top1.append(top1)
+    if main:
+        meta = {"epoch": progress.epoch, "step": progress.step, "val_seen_top1": top1, "scored_head": scored,
+                **settings}  # fmt: skip
+        save_classifier(raw, crun.last, config=cfg, meta=meta)
+        if is_best:
+            save_classifier(raw, crun.best, config=cfg, meta=meta)

@@ -45,7 +45,7 @@ from bioclip_cli.models.device import resolve_device
 from bioclip_cli.models.encode import build_embedding_model, encode_rows, encode_specimens, lora_merged_if
 from bioclip_cli.progress import Bar, progress_bar
 from bioclip_cli.run_lock import run_lock
-from bioclip_cli.workflows.run_dir import RunDir, default_run_dir, resolve_run, run_checkpoint
+from bioclip_cli.runs.run_dir import RunDir, default_run_dir, resolve_run, run_checkpoint
 
 ROLES: tuple[str, ...] = ("seen", "unseen", "key")
 SPLITS = ("val", "test")
@@ -216,7 +216,7 @@ def _embed_locked(plan: EmbedPlan, *, split: str, dtype: str | None, batch_size:
 
     from accelerate.utils import broadcast_object_list
 
-    from bioclip_cli.workflows.accelerator import make_accelerator
+    from bioclip_cli.runs.accelerator import make_accelerator
 
     accelerator = make_accelerator()
     main = accelerator.is_main_process
@@ -241,7 +241,11 @@ def _embed_locked(plan: EmbedPlan, *, split: str, dtype: str | None, batch_size:
         broadcast_object_list(state)
     done, finished = state
     result = EmbedResult(h5_path, labels_path, plan.out, split, groups, {}, description=plan.description, is_main=main)
-    datasets = {role: EvalDataset(cfg.data.hdf5, group, cfg) for role, group in groups.items()}
+    datasets = {
+        role: EvalDataset(cfg.data.hdf5, group, cfg.data, modalities=cfg.model.modalities,
+                          tokenizer=cfg.model.text.tokenizer)
+        for role, group in groups.items()
+    }  # fmt: skip
     result.rows = {role: len(ds) for role, ds in datasets.items()}
     todo = [role for role in ROLES if role not in done]
     result.skipped = [role for role in ROLES if role in done]
@@ -418,7 +422,8 @@ def embed_per_split(
     files = {}
     with lora_merged_if(model, cfg.eval.merge_lora):
         for group in groups or names:
-            ds = EvalDataset(cfg.data.hdf5, group, cfg)
+            ds = EvalDataset(cfg.data.hdf5, group, cfg.data, modalities=cfg.model.modalities,
+                             tokenizer=cfg.model.text.tokenizer)  # fmt: skip
             with progress_bar(len(ds), f"Embedding {group}", unit="rows") as bar:
                 parts: dict[str, list[np.ndarray]] = {}
                 for _, feats in encode_rows(model, ds, device=dev, batch_size=cfg.eval.batch_size, bar=bar,
@@ -452,7 +457,7 @@ def embed_insect(plan: EmbedPlan, *, bzsl_csv: bool = True, batch_size: int | No
     also the CSV trio BZSL reads, in `embeddings/bzsl/`; :mod:`bioclip_cli.data.insect_embeddings`)."""
     from bioclip_cli.data.insect_embeddings import read_insect_group, write_insect_embeddings
     from bioclip_cli.models.encode import encode_group
-    from bioclip_cli.workflows.accelerator import make_accelerator
+    from bioclip_cli.runs.accelerator import make_accelerator
 
     cfg = plan.cfg
     missing = [m for m in ("image", "dna") if m not in cfg.model.modalities]
@@ -464,7 +469,7 @@ def embed_insect(plan: EmbedPlan, *, bzsl_csv: bool = True, batch_size: int | No
     accelerator = make_accelerator()
     main = accelerator.is_main_process
     model = build_embedding_model(cfg, plan.checkpoint).to(accelerator.device)
-    dataset = EvalDataset(cfg.data.hdf5, group, cfg, modalities=["image", "dna"])
+    dataset = EvalDataset(cfg.data.hdf5, group, cfg.data, modalities=["image", "dna"])
     start = time.perf_counter()
     bar_ctx = progress_bar(len(dataset), f"Embedding {group} (INSECT)", unit="rows") if main else nullcontext(Bar())
     with bar_ctx as bar:

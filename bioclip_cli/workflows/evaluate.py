@@ -12,24 +12,20 @@ from pathlib import Path
 from bioclip_cli.atomic_write import write_text
 from bioclip_cli.data.embedding_file import embedding_file_paths
 from bioclip_cli.errors import BioclipError, DataError
+from bioclip_cli.retrieval.eval_result import EvalResult
 from bioclip_cli.retrieval.evaluation import evaluate_embeddings
 from bioclip_cli.run_lock import run_lock
+from bioclip_cli.runs.run_dir import RunDir, check_run_exists
 
 
 def run_embedding_paths(run: str | Path, split: str = "val") -> tuple[Path, Path]:
     """The embedding file and labels of a run directory; errors say which runs or splits exist."""
-    run = Path(run)
-    if not run.is_dir():
-        parent = run.parent
-        found = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
-        where = f"runs in {parent}/: {', '.join(found)}" if found else f"{parent}/ holds no runs"
-        raise DataError(
-            run, f"run directory {run} does not exist ({where})", "train one: `bioclip train --preset demo`"
-        )
-    h5_path, labels_path = embedding_file_paths(run / "embeddings", split)
+    run = check_run_exists(run)
+    embeddings = RunDir(run).embeddings
+    h5_path, labels_path = embedding_file_paths(embeddings, split)
     for path in (h5_path, labels_path):
         if not path.is_file():
-            others = sorted(p.name for p in (run / "embeddings").glob("extracted_feature_from_*_split.hdf5"))
+            others = sorted(p.name for p in embeddings.glob("extracted_feature_from_*_split.hdf5"))
             found = f" (it has: {', '.join(others)})" if others else ""
             flag = "" if split == "val" else f" --split {split}"
             raise DataError(
@@ -42,7 +38,7 @@ def run_embedding_paths(run: str | Path, split: str = "val") -> tuple[Path, Path
 
 def run_results_path(run: str | Path, split: str = "val") -> Path:
     """Where `evaluate_run` keeps a run's results: `runs/NAME/results/eval_{split}.json`."""
-    return Path(run) / "results" / f"eval_{split}.json"
+    return RunDir(Path(run)).results / f"eval_{split}.json"
 
 
 def evaluate_run(
@@ -52,7 +48,7 @@ def evaluate_run(
     *,
     split: str = "val",
     **options,
-) -> dict:
+) -> EvalResult:
     """`bioclip eval`: evaluate a run's embeddings (and save `results/eval_{split}.json` in it) or a file pair.
 
     `options` are those of :func:`evaluate_embeddings`.
@@ -69,8 +65,6 @@ def evaluate_run(
     embeddings, labels = run_embedding_paths(run, split)
     with run_lock(run, "bioclip eval"):  # no train or embed rewrites the run meanwhile
         result = evaluate_embeddings(embeddings, labels, **options)
-        result["inputs"].update(run=str(run), split=split)
-        saved = {k: v for k, v in result.items() if k != "per_class"}
-        path = run_results_path(run, split)
-        write_text(path, json.dumps(saved, indent=2) + "\n")
+        result.inputs.update(run=str(run), split=split)
+        write_text(run_results_path(run, split), json.dumps(result.to_json(per_class=False), indent=2) + "\n")
     return result

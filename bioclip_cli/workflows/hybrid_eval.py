@@ -31,7 +31,7 @@ from bioclip_cli.config import load_run_config
 from bioclip_cli.config.schema import LEVELS
 from bioclip_cli.errors import BioclipError, ConfigError, DataError
 from bioclip_cli.retrieval.hybrid import METHODS, RankedLists, evaluate_hybrid
-from bioclip_cli.workflows.run_dir import RunDir, resolve_run, run_checkpoint
+from bioclip_cli.runs.run_dir import RunDir, resolve_run, run_checkpoint
 
 SEEN_KEYS = "seen_keys"
 UNSEEN_KEYS = (("unseen_keys",), ("val_unseen_keys", "test_unseen_keys"))  # 5M/sample layout, then 1M
@@ -94,7 +94,7 @@ def evaluate_hybrid_run(
     from bioclip_cli.data.hdf5 import BioscanH5
     from bioclip_cli.models.encode import build_embedding_model, encode_group, encode_rows
     from bioclip_cli.retrieval.search import FlatIndex
-    from bioclip_cli.workflows.accelerator import make_accelerator
+    from bioclip_cli.runs.accelerator import make_accelerator
 
     with BioscanH5(cfg.data.hdf5) as h5:
         unseen_keys = _unseen_key_groups(h5)
@@ -112,7 +112,7 @@ def evaluate_hybrid_run(
     model = build_embedding_model(cfg, checkpoint).to(dev)
 
     def embed(group: str, modality: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        ds = EvalDataset(cfg.data.hdf5, group, cfg, modalities=[modality])
+        ds = EvalDataset(cfg.data.hdf5, group, cfg.data, modalities=[modality], tokenizer=cfg.model.text.tokenizer)
         feats = encode_group(model, ds, device=dev, batch_size=batch, autocast=cfg.eval.autocast,
                              accelerator=accelerator, merge_lora=cfg.eval.merge_lora)  # fmt: skip
         return feats[modality], ds.labels
@@ -148,7 +148,7 @@ def evaluate_hybrid_run(
             )
 
         def list_a(_feats, group):
-            ds = EvalDataset(cfg.data.hdf5, group, cfg, modalities=["image"])
+            ds = EvalDataset(cfg.data.hdf5, group, cfg.data, modalities=["image"])
             logits = np.concatenate([f["image"] for _, f in encode_rows(classifier, ds, device=dev, batch_size=batch,
                                                                         accelerator=accelerator)])  # fmt: skip
             probs = torch.softmax(torch.from_numpy(logits).double(), dim=1)

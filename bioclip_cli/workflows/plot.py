@@ -21,7 +21,7 @@ from bioclip_cli.atomic_write import write_text
 from bioclip_cli.config.schema import LEVELS, RunConfig
 from bioclip_cli.data.embedding_file import EmbeddingFile, embedding_file_paths, read_embedding_file
 from bioclip_cli.errors import BioclipError, DataError
-from bioclip_cli.workflows.run_dir import RunDir
+from bioclip_cli.runs.run_dir import RunDir
 
 QUERY_GROUPS = ("seen", "unseen")
 MAP_MODALITIES = ("image", "dna", "text")
@@ -418,7 +418,7 @@ def plot_accuracy(
             result = evaluate_embeddings(
                 ef, queries=list(dict.fromkeys(q for q, _ in pairs)), keys=list(dict.fromkeys(k for _, k in pairs)),
                 ks=[1], levels=wanted_levels, per_class=per_class,
-            )  # fmt: skip
+            ).to_json()  # fmt: skip  (the saved results' JSON shape, which the figures read)
         source = "evaluated from the run's embeddings"
     missing = [c for c in combos if c not in result["results"]]
     if missing:

@@ -47,18 +47,14 @@ from bioclip_cli.config.schema import LEVELS
 from bioclip_cli.data.dna import gap_count, strip_gaps
 from bioclip_cli.data.embedding_file import FEATURE_DATASETS, embedding_file_paths, read_embedding_file
 from bioclip_cli.data.fasta import barcode_problem, clean_barcode, read_fasta
-from bioclip_cli.data.taxonomy import NOT_CLASSIFIED
 from bioclip_cli.errors import BioclipError, DataError
 from bioclip_cli.models.device import resolve_device
 from bioclip_cli.models.encode import prepare_image
-from bioclip_cli.workflows.run_dir import resolve_run, run_checkpoint
+from bioclip_cli.retrieval.consensus import CONSENSUS_RULE, consensus
+from bioclip_cli.runs.run_dir import resolve_run, run_checkpoint
 
 KEY_FEATURES: tuple[str, ...] = ("auto", "image", "dna", "text", "avg", "all")
 AUTO_KEYS = {"image": "image", "dna": "dna", "avg": "avg"}  # query feature -> key feature under key="auto"
-CONSENSUS_RULE = (
-    "majority vote of the k neighbours per level (not_classified neighbours do not vote); "
-    "ties: larger summed similarity, then the nearer neighbour"
-)
 
 
 @dataclass
@@ -212,29 +208,6 @@ def collect_inputs(
     if images:
         return [QueryInput(str(img), image=img, id=str(img)) for img in images]
     return [QueryInput(name, dna=seq, dna_name=name, id=name) for name, seq in barcodes]
-
-
-# ----------------------------------------------------------------------------------------- consensus
-
-
-def consensus(neighbors: Sequence[dict], levels: Sequence[str] = LEVELS) -> dict[str, dict]:
-    """{level: {"label", "votes", "similarity"}} by the module's rule; `neighbors` best first."""
-    out = {}
-    for level in levels:
-        tally: dict[str, list] = {}  # label -> [votes, summed similarity, best rank]
-        for rank, n in enumerate(neighbors):
-            label = n[level]
-            if label == NOT_CLASSIFIED:
-                continue
-            entry = tally.setdefault(label, [0, 0.0, rank])
-            entry[0] += 1
-            entry[1] += float(n["similarity"])
-        if not tally:
-            out[level] = {"label": NOT_CLASSIFIED, "votes": 0, "similarity": 0.0}
-            continue
-        label, (votes, weight, _) = max(tally.items(), key=lambda kv: (kv[1][0], kv[1][1], -kv[1][2]))
-        out[level] = {"label": label, "votes": votes, "similarity": round(weight, 6)}
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- core

@@ -1,6 +1,7 @@
 """`bioclip demo`: the whole method on the bundled sample, on a CPU, in minutes.
 
-One call of :func:`run_demo` does what a user with real data does by hand, through the same workflows:
+A pipeline, not a workflow (:mod:`bioclip_cli.pipelines`): one call of :func:`run_demo` does what a user
+with real data does by hand, through the same workflow functions:
 
 1. build the HDF5 from the sample's raw BIOSCAN-5M layout (:func:`~bioclip_cli.workflows.build_hdf5.build_5m`)
    into ``OUT/data/``;
@@ -32,7 +33,8 @@ from bioclip_cli.atomic_write import write_text
 from bioclip_cli.config import load_config
 from bioclip_cli.config.schema import RunConfig
 from bioclip_cli.errors import ConfigError
-from bioclip_cli.workflows.run_dir import RunDir
+from bioclip_cli.retrieval.eval_result import EvalResult
+from bioclip_cli.runs.run_dir import RunDir
 from bioclip_cli.workflows.train import TrainEvents, TrainResult
 
 DEMO_PRESET = "demo"
@@ -59,8 +61,8 @@ class DemoResult:
     out: Path
     hdf5: Path
     config: RunConfig
-    baseline: dict  # evaluate_run result of the untrained model
-    trained: dict  # evaluate_run result of the trained model (best checkpoint)
+    baseline: EvalResult  # evaluate_run result of the untrained model
+    trained: EvalResult  # evaluate_run result of the trained model (best checkpoint)
     train: TrainResult
     seconds: dict[str, float] = field(default_factory=dict)  # per stage, and "total"
     files: list[dict] = field(default_factory=list)  # {"what", "path"}
@@ -74,27 +76,25 @@ class DemoResult:
         return mean_top1(self.trained, query, key, level) - mean_top1(self.baseline, query, key, level)
 
 
-def top1(result: dict, query: str, key: str, split: str, level: str) -> float:
+def top1(result: EvalResult, query: str, key: str, split: str, level: str) -> float:
     """Micro top-1 accuracy (fraction) of one cell of an evaluation result."""
-    return float(result["results"][f"{query}|{key}"][split]["micro"]["1"][level])
+    return result.accuracy(query, key, split, "micro", 1, level)
 
 
-def mean_top1(result: dict, query: str, key: str, level: str) -> float:
-    cell = result["results"][f"{query}|{key}"]
-    values = [top1(result, query, key, s, level) for s in ("seen", "unseen") if s in cell]
-    return sum(values) / len(values)
+def mean_top1(result: EvalResult, query: str, key: str, level: str) -> float:
+    """Micro top-1 accuracy at `level`, the mean over the query splits present."""
+    return result.mean_seen_unseen(query, key, "micro", 1, level)
 
 
-def comparison_rows(before: dict, after: dict, percent: bool = True) -> list[dict]:
+def comparison_rows(before: EvalResult, after: EvalResult, percent: bool = True) -> list[dict]:
     """Rows `query, key, split, <level> before, <level> after, ...` for the demo's before/after table."""
     scale = 100.0 if percent else 1.0
     rows = []
     for query, key in COMPARED:
-        combo = f"{query}|{key}"
-        if combo not in before["results"] or combo not in after["results"]:
+        if (query, key) not in before.combinations or (query, key) not in after.combinations:
             continue
         for split in ("seen", "unseen"):
-            if split not in after["results"][combo]:
+            if split not in after.splits(query, key):
                 continue
             row: dict = {"query": query, "key": key, "split": split}
             for level in COMPARED_LEVELS:

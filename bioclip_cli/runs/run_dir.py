@@ -10,8 +10,8 @@
         embeddings/             extracted_feature_from_{split}_split.hdf5 + labels_{split}.json (bioclip embed)
         results/                eval_{split}.json (bioclip eval)
 
-Commands after `train` take `--run runs/NAME` and find their inputs here; a wrong path gets an error that
-lists the runs which do exist.
+Commands after `train` take `--run runs/NAME` and find their inputs here; a wrong path gets one error,
+from :func:`check_run_exists`, that lists the runs which do exist.
 """
 
 from __future__ import annotations
@@ -80,12 +80,18 @@ def default_run_dir(name: str) -> Path:
     return RUNS_ROOT / name
 
 
+def is_run(path: str | Path) -> bool:
+    """A folder that `bioclip train` or `bioclip embed` made: a config.yaml, checkpoints/ or embeddings/ in it."""
+    run = RunDir(Path(path))
+    return run.config.is_file() or run.checkpoints.is_dir() or run.embeddings.is_dir()
+
+
 def list_runs(parent: str | Path) -> list[str]:
-    """Names of the run directories (folders holding a config.yaml) under `parent`."""
+    """Names of the run directories (:func:`is_run`) under `parent`."""
     parent = Path(parent)
     if not parent.is_dir():
         return []
-    return sorted(p.name for p in parent.iterdir() if (p / "config.yaml").is_file())
+    return sorted(p.name for p in parent.iterdir() if p.is_dir() and is_run(p))
 
 
 def _runs_note(parent: Path) -> str:
@@ -93,16 +99,22 @@ def _runs_note(parent: Path) -> str:
     return f"runs in {parent}/: {', '.join(found)}" if found else f"no runs in {parent}/"
 
 
+RUN_NOT_FOUND_HINT = "train one with `bioclip train --preset demo`, or pass an existing --run"
+
+
+def check_run_exists(path: str | Path, hint: str = RUN_NOT_FOUND_HINT) -> Path:
+    """`path` when it is a folder; else THE "run directory not found" error (every command words it so),
+    listing the runs beside it. `hint` says what to do instead (e.g. start without --resume)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(path, f"run directory {path} does not exist ({_runs_note(path.parent)})", hint)
+    return path
+
+
 def resolve_run(path: str | Path) -> RunDir:
     """The run directory at `path`; DataError listing the runs beside it when it is not one."""
-    path = Path(path)
-    run = RunDir(path)
-    if not path.is_dir():
-        raise DataError(
-            path,
-            f"run directory {path} does not exist ({_runs_note(path.parent)})",
-            "train one with `bioclip train --preset demo`, or pass an existing --run",
-        )
+    run = RunDir(check_run_exists(path))
+    path = run.root
     if not run.config.is_file():
         raise DataError(
             path,

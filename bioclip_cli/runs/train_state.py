@@ -6,7 +6,9 @@
 - `metrics.jsonl` (:class:`MetricsLog`): one JSON object per line; on resume, lines written after the state
   being resumed (by a crash or a divergence) are dropped, so no step appears twice.
 - :class:`StopRequest`: the first Ctrl-C asks the loop to stop after the current step; the loop agrees on it
-  across processes (:func:`any_process`) and saves.
+  across processes (:class:`StepStats`, :func:`any_process`) and saves.
+- :class:`StepStats`: one optimizer step's loss, non-finite losses and Ctrl-C, summed over the processes in
+  one collective.
 - :func:`weights_digest`: the sha256 of a model's weights, compared across the processes of a run.
 """
 
@@ -22,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bioclip_cli.workflows.run_dir import RunDir
+from bioclip_cli.runs.run_dir import RunDir
 
 PROGRESS_FILE = "progress.json"
 
@@ -102,6 +104,28 @@ class StopRequest:
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+
+
+@dataclass
+class StepStats:
+    """One optimizer step, summed over the processes: the loss, non-finite micro-batch losses, a Ctrl-C."""
+
+    loss: float  # mean of the micro-batch losses of every process
+    nonfinite: int  # micro-batch losses that were NaN or infinite
+    stop_requested: bool  # Ctrl-C on any process
+
+    @classmethod
+    def reduce(cls, accelerator, micro_losses: list, stop_requested: bool) -> StepStats:
+        """One collective (sum) over the processes for all three."""
+        import torch
+
+        losses = torch.stack(micro_losses)
+        local = torch.stack([
+            losses.sum(), (~torch.isfinite(losses)).sum().float(),
+            torch.tensor(float(stop_requested), device=losses.device),
+        ])  # fmt: skip
+        total, nonfinite, stops = accelerator.reduce(local, reduction="sum").tolist()
+        return cls(total / (len(micro_losses) * accelerator.num_processes), int(nonfinite), stops > 0)
 
 
 def any_process(accelerator, flag: bool) -> bool:

@@ -1,4 +1,5 @@
-"""The one place where `train` and `embed` create their Accelerate `Accelerator`.
+"""The one place where `train` and `embed` create their Accelerate `Accelerator` (:func:`make_accelerator`;
+:func:`training_accelerator` adds a training run's precision, accumulation and trackers).
 
 Two things Accelerate does not do on its own:
 
@@ -13,8 +14,10 @@ Two things Accelerate does not do on its own:
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-from bioclip_cli.errors import BioclipError
+from bioclip_cli.config.schema import TrainConfig
+from bioclip_cli.errors import BioclipError, ConfigError
 
 
 def launched_processes() -> int:
@@ -43,4 +46,29 @@ def make_accelerator(**kwargs):
             "launch with `accelerate launch --multi_gpu --num_processes N -m bioclip_cli ...` or "
             "`torchrun --nproc_per_node N -m bioclip_cli ...`",
         )
+    return accelerator
+
+
+def training_accelerator(train: TrainConfig, project_dir: str | Path):
+    """The `Accelerator` of a training run: its precision, gradient accumulation and trackers (`train`)."""
+    import importlib.util
+
+    from accelerate.utils import GradientAccumulationPlugin
+
+    for tracker in train.report_to:
+        if importlib.util.find_spec(tracker) is None:
+            raise ConfigError(
+                "train.report_to",
+                f"--report-to {tracker} needs the {tracker} package, which is not installed",
+                f"pip install 'bioscan-clip[{tracker}]', or leave --report-to out",
+            )
+    precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[train.precision]
+    accelerator = make_accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=train.grad_accum, sync_with_dataloader=False),
+        log_with=list(train.report_to) or None,
+        project_dir=str(project_dir),
+    )
+    if train.precision == "fp16" and accelerator.device.type == "cpu":
+        raise ConfigError("train.precision", "--precision fp16 needs a GPU; on a CPU use --precision bf16 or fp32")
     return accelerator
