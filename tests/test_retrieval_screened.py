@@ -172,8 +172,8 @@ def test_evaluation_screened_equals_exact_and_is_recorded():
         {"seen": {"image": feats[q_rows], "dna": feats[q_rows]}}, {"image": feats[k_rows], "dna": feats[k_rows]},
         {"seen": {lv: v[:300] for lv, v in labels.items()}}, {lv: v[300:] for lv, v in labels.items()},
     )  # fmt: skip
-    screened = evaluate_arrays(*args, queries=["image"], keys=["image"], device="cpu")
-    exact = evaluate_arrays(*args, queries=["image"], keys=["image"], device="cpu", search="exact")
+    screened = evaluate_arrays(*args, queries=["image"], keys=["image"], device="cpu").to_json()
+    exact = evaluate_arrays(*args, queries=["image"], keys=["image"], device="cpu", search="exact").to_json()
     assert screened["results"] == exact["results"]
     assert screened["inputs"]["search"] == "screened" and exact["inputs"]["search"] == "exact"
     assert screened["inputs"]["backend"] == "faiss-cpu (cpu)"
