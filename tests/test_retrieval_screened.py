@@ -191,7 +191,6 @@ def _near_tied_keys(queries: np.ndarray, n_random: int, rng) -> np.ndarray:
     return keys[rng.permutation(len(keys))]
 
 
-@pytest.mark.slow
 def test_near_ties_come_out_in_the_order_of_faiss_over_all_queries_at_once():
     """The rescoring calls faiss on other shapes than the reference call (one search over all queries), so
     near-tied keys got float32 scores a few ulps apart from the reference's and could swap; the near-tied
