@@ -44,8 +44,11 @@ BENCHES: dict[str, tuple[str | None, object, object]] = {
     "models": ("bench_models.py", {"batch": 2, "iters": 1, "rounds": 2, "merged": True}, {"merged": True}),
     "retrieval": ("bench_retrieval.py", {"scale": 0.02}, {}),
     "train": ("bench_train.py", ["--only", "tiny", "--steps", "6"], []),
-    "gradcache": ("bench_gradcache.py", {"preset": "tiny", "batch": 32, "micro": 8, "threads": 1},
-                  {"batch": 16, "micro": 4, "steps": 1, "threads": 1}),
+    "gradcache": (
+        "bench_gradcache.py",
+        {"preset": "tiny", "batch": 32, "micro": 8, "threads": 1},
+        {"batch": 16, "micro": 4, "steps": 1, "threads": 1},
+    ),
     "bzsl": ("bench_bzsl.py", {"scale": 0.1, "baseline_classes": 4}, {}),
     "demo": (None, {"epochs": 1, "step_rounds": 2}, {}),
 }

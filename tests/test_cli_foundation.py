@@ -54,7 +54,12 @@ def test_presets_name_prints_the_resolved_yaml():
     data = yaml.safe_load(res.stdout)
     assert data["name"] == "idt-5m"
     assert data["train"]["batch_size"] == 400 and data["train"]["epochs"] == 4 and data["train"]["lr"] == 0.001
-    assert data["model"]["image"]["lora"] == {"r": 4, "alpha": 4.0, "dropout": 0.0, "target_modules": ["query", "value"]}
+    assert data["model"]["image"]["lora"] == {
+        "r": 4,
+        "alpha": 4.0,
+        "dropout": 0.0,
+        "target_modules": ["query", "value"],
+    }
     assert data["data"]["hdf5"] == "data/BIOSCAN_5M/BIOSCAN_5M.hdf5"
     assert data["model"]["logit_scale"] == pytest.approx(1 / 0.07)
 
@@ -72,7 +77,10 @@ def test_presets_with_override_and_json(tmp_path):
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["presets", "idt-5m", "--set", "train.optimizer=sgd"], "train.optimizer: 'sgd' is not valid; choose one of adam, adamw"),
+        (
+            ["presets", "idt-5m", "--set", "train.optimizer=sgd"],
+            "train.optimizer: 'sgd' is not valid; choose one of adam, adamw",
+        ),
         (["presets", "nope"], "unknown preset 'nope'"),
         (["presets", "idt-5m", "--set", "train.wat=1"], "unknown configuration key 'train.wat'"),
     ],
@@ -119,6 +127,8 @@ def test_help_does_not_import_heavy_libraries():
         "heavy = [m for m in ('torch', 'transformers', 'faiss', 'h5py', 'peft', 'accelerate', 'cv2') if m in sys.modules]\n"
         "print('HEAVY:' + ','.join(heavy))\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"COLUMNS": "200", "PATH": ""})
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={"COLUMNS": "200", "PATH": ""}
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "HEAVY:"

@@ -26,7 +26,12 @@ def test_paper_presets_carry_the_v1_recipe(name):
     assert cfg.name == name
     assert cfg.train.batch_size == 400
     assert cfg.train.epochs == (15 if dataset == "1m" else 4)
-    assert (cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay, cfg.train.scheduler) == ("adam", 1e-3, 0.0, "constant")
+    assert (cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay, cfg.train.scheduler) == (
+        "adam",
+        1e-3,
+        0.0,
+        "constant",
+    )
     assert cfg.model.logit_scale == pytest.approx(1 / 0.07)
     assert cfg.model.learn_logit_scale is False
     assert cfg.train.precision == "fp32" and cfg.train.loss == "local"
@@ -39,17 +44,29 @@ def test_paper_presets_carry_the_v1_recipe(name):
     assert cfg.model.dna.pooling == "softmax-mean" and cfg.model.text.pooling == "mean-all"
     assert cfg.data.text.max_len == 20
     img = cfg.data.image
-    assert (img.resize, img.crop, img.scale, img.hflip, img.vflip, img.rotation) == (256, 224, [0.08, 1.0], True, True, 45.0)
+    assert (img.resize, img.crop, img.scale, img.hflip, img.vflip, img.rotation) == (
+        256,
+        224,
+        [0.08, 1.0],
+        True,
+        True,
+        45.0,
+    )
     assert img.mean is None and img.std is None
-    assert cfg.data.hdf5 == {
-        "5m": "data/BIOSCAN_5M/BIOSCAN_5M.hdf5",
-        "1m": "data/BIOSCAN_1M/split_data/BioScan_data_in_splits.hdf5",
-    }[dataset]
+    assert (
+        cfg.data.hdf5
+        == {
+            "5m": "data/BIOSCAN_5M/BIOSCAN_5M.hdf5",
+            "1m": "data/BIOSCAN_1M/split_data/BioScan_data_in_splits.hdf5",
+        }[dataset]
+    )
     assert cfg.model.image.weights == "google/vit-base-patch16-224"
     assert cfg.model.text.weights == "prajjwal1/bert-small"
     assert cfg.model.dna.weights == "ckpt/BarcodeBERT/5_mer/model_41.pth"
     assert cfg.model.image.layer_norm_eps == 1e-6
-    expected = {"none": ["image", "dna", "text"], "id": ["image", "dna"], "idt": ["image", "dna", "text"]}[name.split("-")[0]]
+    expected = {"none": ["image", "dna", "text"], "id": ["image", "dna"], "idt": ["image", "dna", "text"]}[
+        name.split("-")[0]
+    ]
     assert cfg.model.modalities == expected
     assert cfg.train.enabled is (not name.startswith("none"))
 

@@ -178,7 +178,9 @@ def test_dry_run_shows_partial_and_verified(tmp_path):
 
 def test_unknown_target_lists_the_valid_ones():
     line = assert_one_error_line(run_cli("download", "10m"))
-    assert line == "Error: unknown download target '10m'; valid targets: 5m, 1m, insect, checkpoints, embeddings, encoders"
+    assert (
+        line == "Error: unknown download target '10m'; valid targets: 5m, 1m, insect, checkpoints, embeddings, encoders"
+    )
     line = assert_one_error_line(run_cli("download", "1m", "--what", "everything", "--dry-run"))
     assert "valid: hdf5, raw, metadata, partition" in line
 

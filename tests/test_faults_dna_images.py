@@ -130,6 +130,7 @@ def test_training_skips_a_bomb_row_with_a_count_or_fails_naming_it(bomb_h5, caps
     from bioclip_cli.errors import DataError
 
     path, pid = bomb_h5
+
     def train_set(cfg):
         return TrainDataset(path, "val_seen", cfg.data, modalities=cfg.model.modalities,
                             tokenizer=cfg.model.text.tokenizer, seed=cfg.train.seed)  # fmt: skip

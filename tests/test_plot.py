@@ -68,7 +68,7 @@ def test_pca_projection_is_deterministic_and_centred():
 def test_error_and_warning_text_keep_their_brackets(capsys):
     from bioclip_cli.cli import output
 
-    output.error('--method umap needs umap', 'pip install "bioscan-clip[plots]"')
+    output.error("--method umap needs umap", 'pip install "bioscan-clip[plots]"')
     output.warning('no UMAP (pip install "bioscan-clip[plots]")')
     err = capsys.readouterr().err
     assert err.count('"bioscan-clip[plots]"') == 2

@@ -33,7 +33,9 @@ def command(
     out: Annotated[Path, typer.Option("--out", "-o", help="The HDF5 file to write.")],
     root: Annotated[
         Path | None,
-        typer.Option("--root", help="5m/1m/insect: folder holding the release (metadata + images).", show_default=False),
+        typer.Option(
+            "--root", help="5m/1m/insect: folder holding the release (metadata + images).", show_default=False
+        ),
     ] = None,
     manifest: Annotated[
         Path | None,
@@ -45,7 +47,9 @@ def command(
     ] = None,
     split_rule: Annotated[
         str | None,
-        typer.Option("--split-rule", help="custom without a split column: draw groups by these rules (1m).", show_default=False),
+        typer.Option(
+            "--split-rule", help="custom without a split column: draw groups by these rules (1m).", show_default=False
+        ),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of --split-rule.", show_default=False)] = None,
     splits: Annotated[
@@ -114,7 +118,9 @@ def command(
         from bioclip_cli.workflows.build_custom import build_custom
 
         if manifest is None:
-            raise BioclipError("build-hdf5 custom needs --manifest FILE", "bioclip build-hdf5 custom --manifest specimens.csv --out F")
+            raise BioclipError(
+                "build-hdf5 custom needs --manifest FILE", "bioclip build-hdf5 custom --manifest specimens.csv --out F"
+            )
         report = build_custom(
             manifest, out, split_rule=split_rule, seed=seed, text_tokenizer=text_tokenizer,
             overwrite=overwrite, check_images=check_images,
@@ -122,7 +128,10 @@ def command(
         _print_report(report, out, format, output_file)
         return
     if root is None:
-        raise BioclipError(f"build-hdf5 {dataset} needs --root FOLDER (the raw release)", f"bioclip build-hdf5 {dataset} --root data/ --out F")
+        raise BioclipError(
+            f"build-hdf5 {dataset} needs --root FOLDER (the raw release)",
+            f"bioclip build-hdf5 {dataset} --root data/ --out F",
+        )
     if manifest is not None or split_rule is not None:
         raise BioclipError("--manifest and --split-rule are for `build-hdf5 custom`")
     from bioclip_cli.workflows.build_hdf5 import build_hdf5

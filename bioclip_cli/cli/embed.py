@@ -53,12 +53,22 @@ def command(
     ] = None,
     images: Annotated[
         list[str] | None,
-        typer.Option("--images", help="Photographs: files, folders (searched recursively) or globs (repeatable).", show_default=False),
+        typer.Option(
+            "--images",
+            help="Photographs: files, folders (searched recursively) or globs (repeatable).",
+            show_default=False,
+        ),
     ] = None,
-    fasta: Annotated[Path | None, typer.Option("--fasta", help="Barcodes: a FASTA file (ids from its headers).", show_default=False)] = None,
+    fasta: Annotated[
+        Path | None, typer.Option("--fasta", help="Barcodes: a FASTA file (ids from its headers).", show_default=False)
+    ] = None,
     manifest: Annotated[
         Path | None,
-        typer.Option("--manifest", help="A CSV/TSV of specimens (id,image,barcode,order,family,genus,species).", show_default=False),
+        typer.Option(
+            "--manifest",
+            help="A CSV/TSV of specimens (id,image,barcode,order,family,genus,species).",
+            show_default=False,
+        ),
     ] = None,
     per_split: Annotated[
         bool,
@@ -114,7 +124,9 @@ def command(
         from bioclip_cli.workflows.embed import embed_per_split
 
         done = embed_per_split(plan, out, dtype=dtype or "float64")
-        output.print_table([{"group": g, "rows": n} for g, n in done.files.items()], title=f"per-split files in {done.out}")
+        output.print_table(
+            [{"group": g, "rows": n} for g, n in done.files.items()], title=f"per-split files in {done.out}"
+        )
         return
     result = embed(plan, split=split, dtype=dtype)
     if not result.is_main:

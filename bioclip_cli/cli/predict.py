@@ -43,7 +43,9 @@ def _table(result) -> None:
 def command(
     images: Annotated[
         list[Path] | None,
-        typer.Argument(help="Specimen photographs: files, folders (searched recursively) or globs.", show_default=False),
+        typer.Argument(
+            help="Specimen photographs: files, folders (searched recursively) or globs.", show_default=False
+        ),
     ] = None,
     run: RunOpt = None,
     dna: Annotated[
@@ -88,8 +90,11 @@ def command(
     ] = "auto",
     log: Annotated[
         Path | None,
-        typer.Option("--log", help="Write a provenance record (versions, model and library, time, arguments).",
-                     show_default=False),  # fmt: skip
+        typer.Option(
+            "--log",
+            help="Write a provenance record (versions, model and library, time, arguments).",
+            show_default=False,
+        ),  # fmt: skip
     ] = None,
 ) -> None:
     """Embed photographs and/or barcodes with a run's model and list the k nearest reference specimens of its keys.

@@ -315,7 +315,9 @@ class TrainConfig:
 
     def validate(self, prefix: str = "train") -> None:
         _check(self.epochs >= 1, f"{prefix}.epochs", f"must be >= 1, got {self.epochs}")
-        _check(self.max_steps is None or self.max_steps >= 1, f"{prefix}.max_steps", f"must be >= 1, got {self.max_steps}")
+        _check(
+            self.max_steps is None or self.max_steps >= 1, f"{prefix}.max_steps", f"must be >= 1, got {self.max_steps}"
+        )
         _check(self.batch_size >= 2, f"{prefix}.batch_size", f"must be >= 2 (contrastive loss), got {self.batch_size}")
         _check(self.grad_accum >= 1, f"{prefix}.grad_accum", f"must be >= 1, got {self.grad_accum}")
         _check(
@@ -341,7 +343,9 @@ class TrainConfig:
             f"{prefix}.lr_reference_batch",
             f"must be >= 1, got {self.lr_reference_batch}",
         )
-        _check(self.grad_clip is None or self.grad_clip > 0, f"{prefix}.grad_clip", f"must be > 0, got {self.grad_clip}")
+        _check(
+            self.grad_clip is None or self.grad_clip > 0, f"{prefix}.grad_clip", f"must be > 0, got {self.grad_clip}"
+        )
         _check(self.eval_every >= 0, f"{prefix}.eval_every", f"must be >= 0, got {self.eval_every}")
         _check(self.log_every >= 1, f"{prefix}.log_every", f"must be >= 1, got {self.log_every}")
         self.best.validate(f"{prefix}.best")
@@ -364,7 +368,9 @@ class EvalConfig:
     search: Literal["screened", "exact"] = "screened"  # screened: faiss's lists at bf16 speed (docs/lowp_search.md)
 
     def validate(self, prefix: str = "eval") -> None:
-        _check(len(self.k) >= 1 and all(k >= 1 for k in self.k), f"{prefix}.k", f"must be positive integers, got {self.k}")
+        _check(
+            len(self.k) >= 1 and all(k >= 1 for k in self.k), f"{prefix}.k", f"must be positive integers, got {self.k}"
+        )
         _check(len(self.levels) >= 1, f"{prefix}.levels", "must name at least one level")
         _check(self.batch_size >= 1, f"{prefix}.batch_size", f"must be >= 1, got {self.batch_size}")
 

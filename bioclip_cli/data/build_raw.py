@@ -571,5 +571,3 @@ def _first_file(candidates: list[Path]) -> Path:
         f"no BIOSCAN-1M metadata ({METADATA_1M_NAME}) at {' or '.join(map(str, candidates))}",
         "download it with `bioclip download 1m --what metadata`",
     )
-
-

@@ -90,6 +90,7 @@ def all_key_features(image: np.ndarray, dna: np.ndarray, text: np.ndarray) -> np
 
 # ------------------------------------------------------------------------------------------------ write
 
+
 def estimated_bytes(rows: Mapping[str, int], widths: Mapping[str, int], dtype: str = "float32") -> int:
     """Bytes the feature arrays of an embedding file take: rows x width x dtype size over every dataset
     (encoded, derived and the key group's all_key_features), for `rows[group]` and `widths[image|dna|text]`."""

@@ -345,7 +345,9 @@ def embed_specimens(
     from bioclip_cli.models.fingerprint import checkpoint_sha256, model_fingerprint
 
     if fmt not in SPECIMEN_FORMATS:
-        raise BioclipError(f"--format {fmt!r} is not a specimen embeddings format", f"use one of: {', '.join(SPECIMEN_FORMATS)}")
+        raise BioclipError(
+            f"--format {fmt!r} is not a specimen embeddings format", f"use one of: {', '.join(SPECIMEN_FORMATS)}"
+        )
     if kind == "library" and fmt != "hdf5":
         raise BioclipError("a reference library is an HDF5 file; --format npy/parquet are for exports")
     if not specimens:
@@ -364,7 +366,9 @@ def embed_specimens(
         )  # fmt: skip
     keep = [i for i in range(len(specimens)) if i not in failed]
     if not keep:
-        raise BioclipError(f"none of the {len(specimens)} specimens could be embedded (first: {next(iter(failed.values()))})")
+        raise BioclipError(
+            f"none of the {len(specimens)} specimens could be embedded (first: {next(iter(failed.values()))})"
+        )
     position = {i: r for r, i in enumerate(keep)}
     features = {}
     for modality, vectors in feats.items():
@@ -415,7 +419,9 @@ def embed_per_split(
         id_name = "processid" if names and "processid" in f[names[0]] else "file_name"
     unknown = [g for g in groups or [] if g not in names]
     if unknown:
-        raise DataError(cfg.data.hdf5, f"no group(s) {', '.join(unknown)} in {cfg.data.hdf5}; it has: {', '.join(names)}")
+        raise DataError(
+            cfg.data.hdf5, f"no group(s) {', '.join(unknown)} in {cfg.data.hdf5}; it has: {', '.join(names)}"
+        )
     target = Path(out) if out else RunDir(plan.out).embeddings / "per_split"
     dev = resolve_device(None)
     model = build_embedding_model(cfg, plan.checkpoint).to(dev)

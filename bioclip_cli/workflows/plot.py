@@ -416,8 +416,12 @@ def plot_accuracy(
         wanted_levels = list(dict.fromkeys([*levels, tail_level])) if per_class else list(levels)
         with open_embeddings(Path(run), None, None, split) as ef:
             result = evaluate_embeddings(
-                ef, queries=list(dict.fromkeys(q for q, _ in pairs)), keys=list(dict.fromkeys(k for _, k in pairs)),
-                ks=[1], levels=wanted_levels, per_class=per_class,
+                ef,
+                queries=list(dict.fromkeys(q for q, _ in pairs)),
+                keys=list(dict.fromkeys(k for _, k in pairs)),
+                ks=[1],
+                levels=wanted_levels,
+                per_class=per_class,
             ).to_json()  # fmt: skip  (the saved results' JSON shape, which the figures read)
         source = "evaluated from the run's embeddings"
     missing = [c for c in combos if c not in result["results"]]

@@ -345,7 +345,9 @@ def _search(
     return n_keys
 
 
-def _search_reference(predictions: list[Prediction], feats: dict, reference, key: str, k: int, device, index: str) -> list[str]:
+def _search_reference(
+    predictions: list[Prediction], feats: dict, reference, key: str, k: int, device, index: str
+) -> list[str]:
     """Fill the neighbours and consensus of every prepared input from a reference library; returns notes."""
     from bioclip_cli.retrieval.reference_library import ReferenceIndex
 
@@ -434,7 +436,9 @@ def predict(
     predictions, feats = _prepared_and_embedded(inputs, cfg, checkpoint, device, batch_size)
     with read_embedding_file(h5_path, labels_path) as ef:
         n_keys = _search(predictions, feats, ef, key, k, device, rd.root)
-    novelty_info = _apply_novelty(predictions, rd.root, novelty, device, h5_path, labels_path) if novelty != "off" else None
+    novelty_info = (
+        _apply_novelty(predictions, rd.root, novelty, device, h5_path, labels_path) if novelty != "off" else None
+    )
     return PredictResult(rd.root, checkpoint, h5_path, n_keys, k, predictions, notes, novelty=novelty_info)
 
 

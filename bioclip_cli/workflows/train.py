@@ -553,9 +553,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, events: TrainE
     progress = TrainProgress(total_steps=schedule.total_steps, world=world)
     changes: list[str] = []
     if resume:
-        progress = resumed_progress(
-            run, world=world, total_steps=schedule.total_steps, scheduler=cfg.train.scheduler
-        )
+        progress = resumed_progress(run, world=world, total_steps=schedule.total_steps, scheduler=cfg.train.scheduler)
         changes = changed_settings(load_run_config(run.config), cfg)
         for change in changes if main else ():
             events.message(f"resuming with a changed setting: {change}")
