@@ -17,7 +17,7 @@ from bioclip_cli.errors import BioclipError, DataError
 from bioclip_cli.retrieval.consensus import consensus
 from bioclip_cli.workflows.predict import ROW_COLUMNS, collect_inputs, predict
 
-VAL_IMAGE = sample_root() / "bioscan5m" / "images" / "cropped_256" / "val" / "CNFNS410-14.jpg"
+VAL_IMAGE = sample_root() / "bioscan5m" / "images" / "cropped_256" / "val" / "ABCAD272-09.jpg"
 REAL_PHOTO = "bioscan1m_repo/images/5580278_Coleoptera.jpg"  # 2880x2160 JPEG of a real beetle (CBG, CC BY 3.0)
 
 
