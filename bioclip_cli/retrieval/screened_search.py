@@ -355,14 +355,25 @@ def heap_survivors(scores: np.ndarray, k: int) -> np.ndarray:
     return np.array(heap, dtype=np.int64)
 
 
-def _exact_scores(queries, keys, rows, cols, step: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-    """float64 `q·k` and `Σ|qᵢkᵢ|` of the pairs (queries[rows], keys[cols])."""
+def _exact_scores(queries, keys, rows, cols, group: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """float64 `q·k` and `Σ|qᵢkᵢ|` of the pairs (queries[rows], keys[cols]); `rows` sorted.
+
+    Per `group` consecutive queries, one float64 matmul against the union of their keys (products of
+    float32 numbers are exact in float64; the sums are within a relative ~1e-13, far inside the 1e-6
+    inflation of the near-tie bound) instead of gathering one key row per pair.
+    """
     dots, absums = np.empty(len(rows)), np.empty(len(rows))
-    for s in range(0, len(rows), step):
-        q = queries[rows[s : s + step]].astype(np.float64)
-        x = keys[cols[s : s + step]].astype(np.float64)
-        dots[s : s + step] = np.einsum("ij,ij->i", q, x)
-        absums[s : s + step] = np.einsum("ij,ij->i", np.abs(q), np.abs(x))
+    bounds = np.searchsorted(rows, np.arange(0, queries.shape[0] + group, group))
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        if lo == hi:
+            continue
+        r, c = rows[lo:hi], cols[lo:hi]
+        uq, qi = np.unique(r, return_inverse=True)
+        uk, ki = np.unique(c, return_inverse=True)
+        q = queries[uq].astype(np.float64)
+        x = keys[uk].astype(np.float64)
+        dots[lo:hi] = (q @ x.T)[qi, ki]
+        absums[lo:hi] = (np.abs(q) @ np.abs(x).T)[qi, ki]
     return dots, absums
 
 
